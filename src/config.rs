@@ -1,0 +1,913 @@
+//! One `Config`, resolved from four layers: flags > `LIVEGATE_*` environment > TOML file >
+//! defaults. Every layer is the same [`Settings`] struct, so a setting is declared once and
+//! parsed by the same code whatever layer it comes from.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443);
+pub const DEFAULT_STREAM_NAME: &str = "live";
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 720;
+pub const DEFAULT_FPS: u32 = 30;
+pub const DEFAULT_BITRATE: Bitrate = Bitrate { kbps: 2000 };
+pub const DEFAULT_WEBRTC_PORTS: PortRange = PortRange {
+    low: 50000,
+    high: 50099,
+};
+pub const DEFAULT_WEBRTC_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+pub const DEFAULT_MAX_VIEWERS: usize = 200;
+/// Prefix of every environment variable livegate reads.
+pub const ENV_PREFIX: &str = "LIVEGATE_";
+/// Separator between the items of a list setting given in the environment.
+pub const ENV_LIST_SEPARATOR: char = ';';
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Flags(#[from] clap::Error),
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid setting `{setting}` = {value:?}: {accepted}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        accepted: String,
+    },
+}
+
+fn invalid(
+    setting: &'static str,
+    value: impl fmt::Display,
+    accepted: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: value.to_string(),
+        accepted: accepted.into(),
+    }
+}
+
+/// The command line: the settings plus what only makes sense on a command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "livegate",
+    version,
+    about = "Live video to browsers over WebRTC and HLS, from one HTTPS binary"
+)]
+pub struct Cli {
+    /// TOML config file (env LIVEGATE_CONFIG).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Load and validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// One layer of settings. Every field is optional: an absent field falls through to the next
+/// layer down.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTPS listen address [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// A stream, repeatable: NAME=SOURCE, SOURCE one of test, v4l2:/dev/videoN, rtsp://…,
+    /// file:PATH, gst:<launch fragment> [default: live=test].
+    #[arg(long = "stream", value_name = "NAME=SOURCE")]
+    #[serde(rename = "stream")]
+    pub streams: Option<Vec<StreamSpec>>,
+    /// Encoded width in pixels [default: 1280].
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Encoded height in pixels [default: 720].
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Frames per second [default: 30].
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Video bitrate in bit/s, with an optional k or M suffix [default: 2M].
+    #[arg(long)]
+    pub bitrate: Option<Bitrate>,
+    /// H.264 encoder [default: auto].
+    #[arg(long, value_enum)]
+    pub encoder: Option<EncoderChoice>,
+    /// Draw the latency strip on every source, not only the test source.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub latency_strip: Option<bool>,
+    /// HLS output folder [default: a fresh temporary folder, removed on exit].
+    #[arg(long, value_name = "DIR")]
+    pub hls_dir: Option<PathBuf>,
+    /// Folder for state kept across restarts (the self-signed certificate).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Serve the player from this folder instead of the copy built into the binary.
+    #[arg(long, value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// TLS certificate chain, PEM.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra name or address for the self-signed certificate, repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub tls_san: Option<Vec<String>>,
+    /// Serve plain HTTP (behind a TLS-terminating proxy only).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_tls: Option<bool>,
+    /// UDP port range for WebRTC media, one port per viewer [default: 50000-50099].
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub webrtc_ports: Option<PortRange>,
+    /// Address WebRTC media binds to [default: 0.0.0.0, every interface].
+    #[arg(long, value_name = "IP")]
+    pub webrtc_bind: Option<IpAddr>,
+    /// Address advertised in host candidates instead of the bound one (1:1 NAT).
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<IpAddr>,
+    /// STUN/TURN server for browsers, repeatable: stun:host:port or turn:user:pass@host:port.
+    #[arg(long, value_name = "URL")]
+    pub ice_server: Option<Vec<IceServer>>,
+    /// Most WebRTC viewers per stream [default: 200].
+    #[arg(long, value_name = "N")]
+    pub max_viewers: Option<usize>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+macro_rules! layer_fields {
+    ($upper:expr, $lower:expr; $($field:ident),*) => {
+        Settings { $($field: $upper.$field.or($lower.$field)),* }
+    };
+}
+
+impl Settings {
+    /// `self` wins wherever it has a value.
+    fn over(self, lower: Settings) -> Settings {
+        layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder,
+            latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
+            webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format)
+    }
+
+    /// Reads `LIVEGATE_<FLAG>` variables through the same parser as the flags.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let command = Settings::augment_args(clap::Command::new("env").no_binary_name(true));
+        let mut argv = Vec::new();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let var = env_var_name(long);
+            let Some(value) = lookup(&var) else { continue };
+            let multiple = matches!(arg.get_action(), clap::ArgAction::Append);
+            let values: Vec<&str> = if multiple {
+                value
+                    .split(ENV_LIST_SEPARATOR)
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .collect()
+            } else {
+                vec![value.as_str()]
+            };
+            for value in values {
+                argv.push(format!("--{long}={value}"));
+            }
+        }
+        let matches = command
+            .try_get_matches_from(&argv)
+            .map_err(|err| ConfigError::Env {
+                var: "LIVEGATE_*".into(),
+                message: err.to_string(),
+            })?;
+        Ok(Settings::from_arg_matches(&matches)?)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })
+    }
+}
+
+pub fn env_var_name(long_flag: &str) -> String {
+    format!("{ENV_PREFIX}{}", long_flag.to_uppercase().replace('-', "_"))
+}
+
+/// A source of raw video, as written in `--stream NAME=SOURCE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Test,
+    V4l2 { device: PathBuf },
+    Rtsp { url: String },
+    File { path: PathBuf },
+    Gst { launch: String },
+}
+
+pub const ACCEPTED_SOURCES: &str =
+    "one of test, v4l2:/dev/videoN, rtsp://…, rtsps://…, file:PATH, gst:<launch fragment>";
+
+impl FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let non_empty = |rest: &str, what: &str| {
+            if rest.trim().is_empty() {
+                Err(format!("{what} is empty; accepted: {ACCEPTED_SOURCES}"))
+            } else {
+                Ok(rest.trim().to_owned())
+            }
+        };
+        if s == "test" {
+            Ok(Source::Test)
+        } else if let Some(rest) = s.strip_prefix("v4l2:") {
+            Ok(Source::V4l2 {
+                device: non_empty(rest, "v4l2 device")?.into(),
+            })
+        } else if s.starts_with("rtsp://") || s.starts_with("rtsps://") {
+            Ok(Source::Rtsp { url: s.to_owned() })
+        } else if let Some(rest) = s.strip_prefix("file:") {
+            Ok(Source::File {
+                path: non_empty(rest, "file path")?.into(),
+            })
+        } else if let Some(rest) = s.strip_prefix("gst:") {
+            Ok(Source::Gst {
+                launch: non_empty(rest, "gst launch fragment")?,
+            })
+        } else {
+            Err(format!(
+                "unknown source {s:?}; accepted: {ACCEPTED_SOURCES}"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Test => f.write_str("test"),
+            Source::V4l2 { device } => write!(f, "v4l2:{}", device.display()),
+            Source::Rtsp { url } => f.write_str(url),
+            Source::File { path } => write!(f, "file:{}", path.display()),
+            Source::Gst { launch } => write!(f, "gst:{launch}"),
+        }
+    }
+}
+
+/// `NAME=SOURCE` on the command line, `{ name, source }` in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: String,
+    pub source: Source,
+}
+
+pub const ACCEPTED_STREAM_NAMES: &str = "1 to 64 characters from a-z A-Z 0-9 _ -";
+
+impl StreamSpec {
+    fn new(name: &str, source: &str) -> Result<StreamSpec, String> {
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(format!(
+                "stream name {name:?} is not {ACCEPTED_STREAM_NAMES}"
+            ));
+        }
+        Ok(StreamSpec {
+            name: name.to_owned(),
+            source: source.parse()?,
+        })
+    }
+}
+
+impl FromStr for StreamSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, source) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not NAME=SOURCE; SOURCE is {ACCEPTED_SOURCES}"))?;
+        StreamSpec::new(name.trim(), source.trim())
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Short(String),
+            Table { name: String, source: String },
+        }
+        match Raw::deserialize(d)? {
+            Raw::Short(s) => s.parse(),
+            Raw::Table { name, source } => StreamSpec::new(&name, &source),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Video bitrate, kept in kbit/s because that is what encoders take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bitrate {
+    pub kbps: u32,
+}
+
+pub const ACCEPTED_BITRATES: &str = "bit/s from 100k to 100M, e.g. 2000000, 2500k or 2M";
+
+impl FromStr for Bitrate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (digits, scale) = match s.char_indices().last() {
+            Some((i, 'k' | 'K')) => (&s[..i], 1_000f64),
+            Some((i, 'm' | 'M')) => (&s[..i], 1_000_000f64),
+            _ => (s, 1f64),
+        };
+        let value: f64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a bitrate; accepted: {ACCEPTED_BITRATES}"))?;
+        let bits = value * scale;
+        if !(100_000.0..=100_000_000.0).contains(&bits) {
+            return Err(format!(
+                "{s:?} is out of range; accepted: {ACCEPTED_BITRATES}"
+            ));
+        }
+        Ok(Bitrate {
+            kbps: (bits / 1000.0).round() as u32,
+        })
+    }
+}
+
+impl fmt::Display for Bitrate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}k", self.kbps)
+    }
+}
+
+/// Inclusive UDP port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        usize::from(self.high - self.low) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let accepted = "LOW-HIGH with 1 <= LOW <= HIGH <= 65535, e.g. 50000-50099";
+        let parse = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        match s.split_once('-').map(|(l, h)| (parse(l), parse(h))) {
+            Some((Some(low), Some(high))) if low <= high => Ok(PortRange { low, high }),
+            _ => Err(format!("{s:?} is not a port range; accepted: {accepted}")),
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+/// A STUN or TURN server handed to browsers, as `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl FromStr for IceServer {
+    type Err = String;
+    /// `turn:user:pass@host:3478?transport=udp` carries its credentials before the `@`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let accepted =
+            "stun:HOST[:PORT], stuns:…, turn:[USER:PASS@]HOST[:PORT][?transport=udp|tcp], turns:…";
+        let (scheme, rest) = s
+            .split_once(':')
+            .filter(|(scheme, rest)| {
+                matches!(*scheme, "stun" | "stuns" | "turn" | "turns") && !rest.is_empty()
+            })
+            .ok_or_else(|| format!("{s:?} is not an ICE server URL; accepted: {accepted}"))?;
+        match rest.rsplit_once('@') {
+            Some((credentials, host)) if scheme.starts_with("turn") => {
+                let (user, pass) = credentials.split_once(':').ok_or_else(|| {
+                    format!("{s:?}: TURN credentials must be USER:PASS@; accepted: {accepted}")
+                })?;
+                Ok(IceServer {
+                    urls: vec![format!("{scheme}:{host}")],
+                    username: Some(user.to_owned()),
+                    credential: Some(pass.to_owned()),
+                })
+            }
+            Some(_) => Err(format!(
+                "{s:?}: only TURN servers take credentials; accepted: {accepted}"
+            )),
+            None => Ok(IceServer {
+                urls: vec![s.to_owned()],
+                username: None,
+                credential: None,
+            }),
+        }
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw { Text(String), Number(u64) }
+                let text = match Raw::deserialize(d)? {
+                    Raw::Text(text) => text,
+                    Raw::Number(n) => n.to_string(),
+                };
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Bitrate, PortRange, IceServer);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderChoice {
+    /// A working hardware encoder if there is one, else x264.
+    Auto,
+    X264,
+    /// Video4Linux2 stateful encoder (Raspberry Pi, many ARM boards).
+    V4l2,
+    /// VA-API through the `va` plugin.
+    Va,
+    /// VA-API through gstreamer-vaapi.
+    Vaapi,
+    /// NVIDIA NVENC.
+    Nvh264,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Size, rate and bitrate of every encoded stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VideoSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned { extra_names: Vec<String> },
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebRtcSettings {
+    pub ports: PortRange,
+    pub bind: IpAddr,
+    pub public_ip: Option<IpAddr>,
+    pub ice_servers: Vec<IceServer>,
+    pub max_viewers: usize,
+}
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub streams: Vec<StreamSpec>,
+    pub video: VideoSettings,
+    pub encoder: EncoderChoice,
+    pub latency_strip: bool,
+    pub hls_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub web_dir: Option<PathBuf>,
+    pub tls: TlsMode,
+    pub webrtc: WebRtcSettings,
+    pub log_format: LogFormat,
+}
+
+/// What `load` returns besides the config: whether to only check it.
+pub struct Loaded {
+    pub config: Config,
+    pub check_only: bool,
+}
+
+impl Config {
+    /// Parses the process's flags, environment and config file.
+    pub fn load() -> Result<Loaded, ConfigError> {
+        Self::load_from(std::env::args_os(), |var| std::env::var(var).ok())
+    }
+
+    pub fn load_from<I, T>(
+        args: I,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let env_settings = Settings::from_env(&env)?;
+        let config_path = cli
+            .config
+            .clone()
+            .or_else(|| env("LIVEGATE_CONFIG").map(PathBuf::from));
+        let file_settings = match &config_path {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Settings::from_toml(path, &text)?
+            }
+            None => Settings::default(),
+        };
+        let merged = cli.settings.over(env_settings).over(file_settings);
+        Ok(Loaded {
+            config: Config::resolve(merged, &env)?,
+            check_only: cli.check_config,
+        })
+    }
+
+    /// Fills defaults and validates.
+    pub fn resolve(
+        s: Settings,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let streams = s.streams.unwrap_or_else(|| {
+            vec![StreamSpec {
+                name: DEFAULT_STREAM_NAME.into(),
+                source: Source::Test,
+            }]
+        });
+        let mut names = HashSet::new();
+        for stream in &streams {
+            if !names.insert(stream.name.as_str()) {
+                return Err(invalid("stream", &stream.name, "each stream name once"));
+            }
+        }
+        if streams.is_empty() {
+            return Err(invalid("stream", "[]", "at least one stream"));
+        }
+
+        let width = s.width.unwrap_or(DEFAULT_WIDTH);
+        let height = s.height.unwrap_or(DEFAULT_HEIGHT);
+        let fps = s.fps.unwrap_or(DEFAULT_FPS);
+        for (setting, value, max) in [("width", width, 7680), ("height", height, 4320)] {
+            if value < 64 || value > max || value % 2 != 0 {
+                return Err(invalid(
+                    setting,
+                    value,
+                    format!("an even number of pixels from 64 to {max}"),
+                ));
+            }
+        }
+        if !(1..=120).contains(&fps) {
+            return Err(invalid("fps", fps, "1 to 120 frames per second"));
+        }
+
+        let tls = match (s.no_tls.unwrap_or(false), s.tls_cert, s.tls_key) {
+            (true, None, None) => TlsMode::Off,
+            (true, cert, key) => {
+                let given = cert.or(key).unwrap_or_default();
+                return Err(invalid(
+                    "no_tls",
+                    given.display(),
+                    "either --no-tls or --tls-cert/--tls-key, not both",
+                ));
+            }
+            (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            (false, None, None) => TlsMode::SelfSigned {
+                extra_names: s.tls_san.unwrap_or_default(),
+            },
+            (false, Some(cert), None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "(missing)",
+                    format!("a PEM key to go with tls_cert {}", cert.display()),
+                ))
+            }
+            (false, None, Some(key)) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "(missing)",
+                    format!("a PEM certificate to go with tls_key {}", key.display()),
+                ))
+            }
+        };
+
+        let max_viewers = s.max_viewers.unwrap_or(DEFAULT_MAX_VIEWERS);
+        if max_viewers == 0 {
+            return Err(invalid("max_viewers", 0, "at least 1"));
+        }
+        if let Some(ip) = s.public_ip.filter(|ip| ip.is_unspecified()) {
+            return Err(invalid(
+                "public_ip",
+                ip,
+                "a concrete address other peers can reach",
+            ));
+        }
+
+        Ok(Config {
+            listen: s.listen.unwrap_or(DEFAULT_LISTEN),
+            streams,
+            video: VideoSettings {
+                width,
+                height,
+                fps,
+                bitrate_kbps: s.bitrate.unwrap_or(DEFAULT_BITRATE).kbps,
+            },
+            encoder: s.encoder.unwrap_or(EncoderChoice::Auto),
+            latency_strip: s.latency_strip.unwrap_or(false),
+            hls_dir: s.hls_dir,
+            state_dir: s.state_dir.unwrap_or_else(|| default_state_dir(&env)),
+            web_dir: s.web_dir,
+            tls,
+            webrtc: WebRtcSettings {
+                ports: s.webrtc_ports.unwrap_or(DEFAULT_WEBRTC_PORTS),
+                bind: s.webrtc_bind.unwrap_or(DEFAULT_WEBRTC_BIND),
+                public_ip: s.public_ip,
+                ice_servers: s.ice_server.unwrap_or_default(),
+                max_viewers,
+            },
+            log_format: s.log_format.unwrap_or_default(),
+        })
+    }
+}
+
+/// systemd's `$STATE_DIRECTORY`, else the XDG state folder, else one under /tmp.
+fn default_state_dir(env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(dir) = env("STATE_DIRECTORY") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = env("XDG_STATE_HOME") {
+        return Path::new(&dir).join("livegate");
+    }
+    match env("HOME") {
+        Some(home) => Path::new(&home).join(".local/state/livegate"),
+        None => std::env::temp_dir().join("livegate-state"),
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.video;
+        writeln!(f, "listen = {}", self.listen)?;
+        for stream in &self.streams {
+            writeln!(f, "stream {} = {}", stream.name, stream.source)?;
+        }
+        writeln!(
+            f,
+            "video = {}x{} @ {} fps, {} kbit/s",
+            v.width, v.height, v.fps, v.bitrate_kbps
+        )?;
+        writeln!(
+            f,
+            "encoder = {:?}, latency_strip = {}",
+            self.encoder, self.latency_strip
+        )?;
+        writeln!(
+            f,
+            "hls_dir = {}",
+            self.hls_dir
+                .as_deref()
+                .map_or("(temporary)".into(), |p| p.display().to_string())
+        )?;
+        writeln!(f, "state_dir = {}", self.state_dir.display())?;
+        writeln!(f, "tls = {:?}", self.tls)?;
+        let w = &self.webrtc;
+        writeln!(
+            f,
+            "webrtc ports = {}, bind = {}, public_ip = {:?}",
+            w.ports, w.bind, w.public_ip
+        )?;
+        writeln!(
+            f,
+            "ice_servers = {:?}",
+            w.ice_servers.iter().map(|s| &s.urls).collect::<Vec<_>>()
+        )?;
+        write!(
+            f,
+            "max_viewers = {}, log_format = {:?}",
+            w.max_viewers, self.log_format
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let argv = std::iter::once("livegate").chain(args.iter().copied());
+        Config::load_from(argv, |k| env.get(k).cloned()).map(|l| l.config)
+    }
+
+    fn write_toml(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(
+            c.streams,
+            vec![StreamSpec {
+                name: "live".into(),
+                source: Source::Test
+            }]
+        );
+        assert_eq!(
+            c.video,
+            VideoSettings {
+                width: 1280,
+                height: 720,
+                fps: 30,
+                bitrate_kbps: 2000
+            }
+        );
+        assert_eq!(
+            c.webrtc.ports,
+            PortRange {
+                low: 50000,
+                high: 50099
+            }
+        );
+        assert_eq!(c.webrtc.max_viewers, 200);
+        assert!(matches!(c.tls, TlsMode::SelfSigned { .. }));
+        assert_eq!(c.encoder, EncoderChoice::Auto);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let file = write_toml("width = 640\nheight = 360\nfps = 15\nbitrate = \"1M\"\n[[stream]]\nname = \"cam\"\nsource = \"v4l2:/dev/video0\"\n");
+        let path = file.path().to_str().unwrap();
+        let c = load(
+            &["--config", path, "--width", "1920"],
+            &[("LIVEGATE_WIDTH", "800"), ("LIVEGATE_HEIGHT", "1080")],
+        )
+        .unwrap();
+        assert_eq!(c.video.width, 1920, "flag beats env");
+        assert_eq!(c.video.height, 1080, "env beats file");
+        assert_eq!(c.video.fps, 15, "file beats default");
+        assert_eq!(c.video.bitrate_kbps, 1000);
+        assert_eq!(
+            c.streams[0].source,
+            Source::V4l2 {
+                device: "/dev/video0".into()
+            }
+        );
+        let c = load(&[], &[("LIVEGATE_CONFIG", path)]).unwrap();
+        assert_eq!(c.video.width, 640, "LIVEGATE_CONFIG names the file");
+    }
+
+    #[test]
+    fn env_lists_and_booleans() {
+        let c = load(
+            &[],
+            &[
+                (
+                    "LIVEGATE_STREAM",
+                    "a=test; b=gst:videotestsrc is-live=true ! video/x-raw,width=320",
+                ),
+                ("LIVEGATE_LATENCY_STRIP", "true"),
+                ("LIVEGATE_NO_TLS", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.streams.len(), 2);
+        assert_eq!(
+            c.streams[1].source,
+            Source::Gst {
+                launch: "videotestsrc is-live=true ! video/x-raw,width=320".into()
+            }
+        );
+        assert!(c.latency_strip);
+        assert_eq!(c.tls, TlsMode::Off);
+        let c = load(&["--latency-strip", "--stream", "x=test"], &[]).unwrap();
+        assert!(c.latency_strip);
+    }
+
+    #[test]
+    fn stream_forms() {
+        let file =
+            write_toml("stream = [\"one=test\", { name = \"two\", source = \"rtsp://cam/1\" }]\n");
+        let c = load(&["--config", file.path().to_str().unwrap()], &[]).unwrap();
+        assert_eq!(
+            c.streams[1].source,
+            Source::Rtsp {
+                url: "rtsp://cam/1".into()
+            }
+        );
+        assert_eq!(
+            "f=file:/x.mp4".parse::<StreamSpec>().unwrap().source,
+            Source::File {
+                path: "/x.mp4".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rejections_name_the_setting_and_what_is_accepted() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--stream", "cam=usb0"], "accepted: one of test, v4l2:"),
+            (&["--stream", "bad name=test"], ACCEPTED_STREAM_NAMES),
+            (
+                &["--stream", "a=test", "--stream", "a=test"],
+                "each stream name once",
+            ),
+            (&["--width", "641"], "`width`"),
+            (&["--fps", "0"], "1 to 120"),
+            (&["--bitrate", "fast"], ACCEPTED_BITRATES),
+            (&["--bitrate", "10"], "out of range"),
+            (&["--webrtc-ports", "6000-5000"], "LOW-HIGH"),
+            (&["--tls-cert", "/c.pem"], "`tls_key`"),
+            (
+                &["--no-tls", "--tls-cert", "/c", "--tls-key", "/k"],
+                "not both",
+            ),
+            (&["--max-viewers", "0"], "at least 1"),
+            (&["--ice-server", "http://x"], "stun:HOST"),
+            (&["--encoder", "magic"], "x264"),
+            (&["--public-ip", "0.0.0.0"], "`public_ip`"),
+        ];
+        for (args, expected) in cases {
+            let err = load(args, &[])
+                .expect_err(&format!("{args:?} must be rejected"))
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{args:?}: {err:?} should mention {expected:?}"
+            );
+        }
+        let err = load(&[], &[("LIVEGATE_FPS", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LIVEGATE_") && err.contains("many"), "{err}");
+        let file = write_toml("colour = \"blue\"\n");
+        let err = load(&["--config", file.path().to_str().unwrap()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!("2M".parse::<Bitrate>().unwrap().kbps, 2000);
+        assert_eq!("2500k".parse::<Bitrate>().unwrap().kbps, 2500);
+        assert_eq!("1500000".parse::<Bitrate>().unwrap().kbps, 1500);
+        assert_eq!("50000-50000".parse::<PortRange>().unwrap().len(), 1);
+        let turn: IceServer = "turn:alice:secret@turn.example.org:3478?transport=udp"
+            .parse()
+            .unwrap();
+        assert_eq!(turn.urls, vec!["turn:turn.example.org:3478?transport=udp"]);
+        assert_eq!(turn.username.as_deref(), Some("alice"));
+        assert_eq!(turn.credential.as_deref(), Some("secret"));
+        assert!("stun:alice:x@host".parse::<IceServer>().is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! livegate: capture live video once, encode it once, serve it to browsers over WebRTC and HLS
+//! from one HTTPS binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one `Config`, from flags > `LIVEGATE_*` environment > TOML file > defaults.
+//! - [`media`]: GStreamer only. Per stream, a pipeline from the source through one H.264
+//!   encoder to a tee: one branch writes HLS, the other packetises RTP into an appsink whose
+//!   packets go out on a broadcast channel. Restarts a failed pipeline; draws the latency strip.
+//! - [`webrtc`]: webrtc-rs peers and fan-out. Each viewer gets its own track, SSRC and payload
+//!   type; a viewer that lags drops packets, is counted and resumes at the next keyframe.
+//! - [`signalling`]: the WebSocket protocol and WHEP, as serde types and pure session logic
+//!   with thin transports; it drives `webrtc`.
+//! - [`http`]: the axum router over rustls: player page, `/api`, signalling, HLS files.
+//!
+//! [`run`] wires them and shuts them down in order.
+
+pub mod config;
+pub mod http;
+pub mod media;
+pub mod signalling;
+pub mod webrtc;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use media::{Media, MediaStream};
+
+impl webrtc::Feed for MediaStream {
+    fn subscribe(&self) -> broadcast::Receiver<Bytes> {
+        MediaStream::subscribe(self)
+    }
+    fn request_keyframe(&self) {
+        MediaStream::request_keyframe(self);
+    }
+}
+
+impl signalling::Feeds for Media {
+    fn feed(&self, stream: &str) -> Option<Arc<dyn webrtc::Feed>> {
+        self.stream(stream)
+            .map(|s| s.clone() as Arc<dyn webrtc::Feed>)
+    }
+}
+
+/// Runs the gateway until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Arc::new(config);
+    let stop = CancellationToken::new();
+
+    // TLS first: a broken certificate must stop us before anything starts.
+    let tls = http::tls::load(&config.tls, &config.state_dir, stop.clone())
+        .await
+        .context("TLS setup failed")?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+
+    let media = Arc::new(
+        Media::start(
+            &config.streams,
+            config.video,
+            config.encoder,
+            config.latency_strip,
+            config.hls_dir.as_deref(),
+            stop.clone(),
+        )
+        .await
+        .context("media setup failed")?,
+    );
+    let webrtc = Arc::new(
+        webrtc::WebRtc::new(config.webrtc.clone(), stop.clone()).context("WebRTC setup failed")?,
+    );
+    let signalling = Arc::new(signalling::Signalling {
+        webrtc: webrtc.clone(),
+        feeds: media.clone(),
+    });
+    let state = Arc::new(http::AppState {
+        config: config.clone(),
+        media: media.clone(),
+        webrtc: webrtc.clone(),
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");
+
+    let server = tokio::spawn(http::serve(
+        http::router(state, signalling),
+        listener,
+        tls,
+        stop.clone(),
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    webrtc.close_all().await;
+    stop.cancel();
+    server
+        .await
+        .context("HTTP server task failed")?
+        .context("HTTP server failed")?;
+    media.stopped().await;
+    drop(media);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Per-viewer rewriting of the shared RTP packets: the viewer's own SSRC, payload type and
+//! gap-free sequence numbers, starting (and restarting after a loss) at a keyframe.
+
+use bytes::Bytes;
+use rtc::rtp;
+use rtc::shared::marshal::Unmarshal;
+
+use super::h264;
+
+/// What happened to one packet offered to a viewer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Send(rtp::Packet),
+    /// Skipped while waiting for a keyframe to start decoding from.
+    WaitingForKeyframe,
+    Malformed,
+}
+
+pub struct Forwarder {
+    ssrc: u32,
+    payload_type: u8,
+    next_sequence: u16,
+    waiting_for_keyframe: bool,
+    /// Packets this viewer never got: lost while it lagged, or skipped until a keyframe.
+    pub dropped: u64,
+    pub sent: u64,
+}
+
+impl Forwarder {
+    pub fn new(ssrc: u32, payload_type: u8, first_sequence: u16) -> Forwarder {
+        Forwarder {
+            ssrc,
+            payload_type,
+            next_sequence: first_sequence,
+            waiting_for_keyframe: true,
+            dropped: 0,
+            sent: 0,
+        }
+    }
+
+    /// The viewer fell behind and `missed` packets are gone: resume at the next keyframe.
+    pub fn lagged(&mut self, missed: u64) {
+        self.dropped += missed;
+        self.waiting_for_keyframe = true;
+    }
+
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_for_keyframe
+    }
+
+    pub fn offer(&mut self, raw: &Bytes) -> Verdict {
+        let Ok(mut packet) = rtp::Packet::unmarshal(&mut raw.clone()) else {
+            return Verdict::Malformed;
+        };
+        if self.waiting_for_keyframe {
+            if !h264::starts_keyframe(&packet.payload) {
+                self.dropped += 1;
+                return Verdict::WaitingForKeyframe;
+            }
+            self.waiting_for_keyframe = false;
+        }
+        packet.header.ssrc = self.ssrc;
+        packet.header.payload_type = self.payload_type;
+        // Renumbered so that what we skipped is not a gap the browser would NACK.
+        packet.header.sequence_number = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        self.sent += 1;
+        Verdict::Send(packet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::shared::marshal::Marshal;
+
+    fn packet(sequence: u16, payload: &[u8]) -> Bytes {
+        rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: sequence,
+                timestamp: 9000,
+                ssrc: 1,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(payload),
+        }
+        .marshal()
+        .unwrap()
+    }
+
+    const SPS: &[u8] = &[0x67, 0x42, 0xe0, 0x1f];
+    const SLICE: &[u8] = &[0x41, 0x9a];
+
+    fn sent(verdict: Verdict) -> rtp::Packet {
+        match verdict {
+            Verdict::Send(p) => p,
+            other => panic!("expected a packet to send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn starts_at_a_keyframe_with_its_own_identity() {
+        let mut f = Forwarder::new(0xabcd, 102, 500);
+        assert_eq!(f.offer(&packet(7, SLICE)), Verdict::WaitingForKeyframe);
+        let p = sent(f.offer(&packet(8, SPS)));
+        assert_eq!(
+            (
+                p.header.ssrc,
+                p.header.payload_type,
+                p.header.sequence_number
+            ),
+            (0xabcd, 102, 500)
+        );
+        assert_eq!(sent(f.offer(&packet(9, SLICE))).header.sequence_number, 501);
+        assert_eq!((f.sent, f.dropped), (2, 1));
+    }
+
+    #[test]
+    fn after_lagging_resumes_at_the_next_keyframe_without_a_sequence_gap() {
+        let mut f = Forwarder::new(1, 96, u16::MAX);
+        sent(f.offer(&packet(1, SPS)));
+        f.lagged(40);
+        assert!(f.waiting_for_keyframe());
+        assert_eq!(f.offer(&packet(50, SLICE)), Verdict::WaitingForKeyframe);
+        assert_eq!(
+            sent(f.offer(&packet(51, SPS))).header.sequence_number,
+            0,
+            "wraps and continues"
+        );
+        assert_eq!(f.dropped, 41);
+    }
+
+    #[test]
+    fn malformed_packets_are_reported() {
+        let mut f = Forwarder::new(1, 96, 0);
+        assert_eq!(f.offer(&Bytes::from_static(&[0x80])), Verdict::Malformed);
+    }
+}

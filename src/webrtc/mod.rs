@@ -1,0 +1,577 @@
+//! WebRTC peers and fan-out, on webrtc-rs. Knows only the RTP packets it is handed: each viewer
+//! is one peer connection with one H.264 track of its own, fed from a shared broadcast channel.
+
+pub mod forward;
+pub mod h264;
+pub mod keyframe_requests;
+pub mod ports;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtc::interceptor::Slot;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
+};
+
+use crate::config::WebRtcSettings;
+use forward::{Forwarder, Verdict};
+use ports::{PortLease, PortPool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebRtcError {
+    #[error("stream {stream} already has its maximum of {max} viewers")]
+    TooManyViewers { stream: String, max: usize },
+    #[error("all {total} WebRTC UDP ports ({range}) are in use; widen --webrtc-ports")]
+    NoFreePort { total: usize, range: String },
+    #[error("the offer was rejected: {0}")]
+    Offer(String),
+    #[error("WebRTC setup failed: {0}")]
+    Setup(String),
+    #[error("bad ICE candidate {candidate:?}: {reason}")]
+    Candidate { candidate: String, reason: String },
+}
+
+fn setup<E: std::fmt::Display>(err: E) -> WebRtcError {
+    WebRtcError::Setup(err.to_string())
+}
+
+/// Where a viewer's packets come from: one encoded stream.
+pub trait Feed: Send + Sync + 'static {
+    fn subscribe(&self) -> broadcast::Receiver<Bytes>;
+    /// Asks for a keyframe soon; the feed rate-limits.
+    fn request_keyframe(&self);
+}
+
+/// Something a peer reports to its signalling session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A local ICE candidate, as an SDP `candidate:` attribute.
+    Candidate(String),
+    /// The peer connection failed or closed.
+    Closed,
+}
+
+/// H.264 as browsers offer it for constrained baseline, with the feedback we act on.
+fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.into(),
+        parameter: parameter.into(),
+    };
+    RTCRtpCodec {
+        mime_type: "video/H264".into(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: format!(
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}"
+        ),
+        rtcp_feedback: vec![
+            feedback("nack", ""),
+            feedback("nack", "pli"),
+            feedback("ccm", "fir"),
+        ],
+    }
+}
+
+/// Profile-level-ids we answer: constrained baseline 3.1, and Chrome's "42001f" variant.
+pub const H264_PROFILE_LEVEL_IDS: [&str; 2] = ["42e01f", "42001f"];
+
+fn media_engine() -> Result<MediaEngine, WebRtcError> {
+    let mut engine = MediaEngine::default();
+    for (i, profile) in H264_PROFILE_LEVEL_IDS.iter().enumerate() {
+        engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: h264_codec(profile),
+                    payload_type: 102 + i as u8 * 4,
+                },
+                RtpCodecKind::Video,
+            )
+            .map_err(setup)?;
+    }
+    Ok(engine)
+}
+
+/// Counts a stream's viewers; a slot is held from the offer until the viewer is gone.
+struct ViewerSlot {
+    stream: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("viewer count lock");
+        if let Some(count) = counts.get_mut(&self.stream) {
+            *count -= 1;
+        }
+    }
+}
+
+/// Counters every viewer keeps, for the API and the benchmarks.
+#[derive(Default)]
+pub struct ViewerStats {
+    pub packets_sent: AtomicU64,
+    pub packets_dropped: AtomicU64,
+}
+
+/// One connected (or connecting) viewer.
+pub struct Viewer {
+    pub id: String,
+    pub stream: String,
+    pub stats: Arc<ViewerStats>,
+    peer: Arc<dyn PeerConnection>,
+    closed: CancellationToken,
+    _slot: ViewerSlot,
+    _port: PortLease,
+}
+
+impl Viewer {
+    pub async fn add_remote_candidate(
+        &self,
+        candidate: RTCIceCandidateInit,
+    ) -> Result<(), WebRtcError> {
+        let text = candidate.candidate.clone();
+        self.peer
+            .add_ice_candidate(candidate)
+            .await
+            .map_err(|err| WebRtcError::Candidate {
+                candidate: text,
+                reason: err.to_string(),
+            })
+    }
+
+    /// Ends the session; the viewer's task closes the peer and frees its slot and port.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+}
+
+/// The gateway's WebRTC side: settings, port pool and every viewer.
+pub struct WebRtc {
+    settings: WebRtcSettings,
+    engine: MediaEngine,
+    ports: PortPool,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    viewers: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
+    shutdown: CancellationToken,
+}
+
+struct Handler {
+    events: mpsc::UnboundedSender<PeerEvent>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+    public_ip: Option<IpAddr>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let mut candidate = event.candidate;
+        if let (Some(ip), RTCIceCandidateType::Host) = (self.public_ip, candidate.typ) {
+            candidate.address = ip.to_string();
+        }
+        if let Ok(init) = candidate.to_json() {
+            let _ = self.events.send(PeerEvent::Candidate(init.candidate));
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state.send(state);
+    }
+}
+
+/// How long a viewer may take from answer to connected before it is dropped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the answer waits for candidates to be gathered (host candidates take microseconds).
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl WebRtc {
+    pub fn new(
+        settings: WebRtcSettings,
+        shutdown: CancellationToken,
+    ) -> Result<WebRtc, WebRtcError> {
+        Ok(WebRtc {
+            ports: PortPool::new(settings.ports),
+            engine: media_engine()?,
+            settings,
+            counts: Default::default(),
+            viewers: Default::default(),
+            shutdown,
+        })
+    }
+
+    pub fn viewer_count(&self, stream: &str) -> usize {
+        self.counts
+            .lock()
+            .expect("viewer count lock")
+            .get(stream)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn viewer(&self, id: &str) -> Option<Arc<Viewer>> {
+        self.viewers.lock().expect("viewers lock").get(id).cloned()
+    }
+
+    fn reserve(&self, stream: &str) -> Result<ViewerSlot, WebRtcError> {
+        let mut counts = self.counts.lock().expect("viewer count lock");
+        let count = counts.entry(stream.to_owned()).or_default();
+        if *count >= self.settings.max_viewers {
+            return Err(WebRtcError::TooManyViewers {
+                stream: stream.into(),
+                max: self.settings.max_viewers,
+            });
+        }
+        *count += 1;
+        Ok(ViewerSlot {
+            stream: stream.into(),
+            counts: self.counts.clone(),
+        })
+    }
+
+    /// Answers a viewer's offer. The answer carries every candidate gathered within a short
+    /// wait (all of them, for host candidates); later ones arrive as `PeerEvent::Candidate`.
+    pub async fn answer(
+        &self,
+        stream: &str,
+        feed: Arc<dyn Feed>,
+        offer_sdp: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(Arc<Viewer>, String), WebRtcError> {
+        let slot = self.reserve(stream)?;
+        let port = self.ports.lease().ok_or_else(|| WebRtcError::NoFreePort {
+            total: self.settings.ports.len(),
+            range: self.settings.ports.to_string(),
+        })?;
+        let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered_tx, mut gathered_rx) = watch::channel(false);
+        let handler = Arc::new(Handler {
+            events: events.clone(),
+            state: state_tx,
+            gathered: gathered_tx,
+            public_ip: self.settings.public_ip,
+        });
+
+        let mut engine = self.engine.clone();
+        let registry =
+            register_default_interceptors(Registry::new(), &mut engine).map_err(setup)?;
+        // Last in the chain, after the interceptors that act on reports and NACKs.
+        let registry = registry.with(
+            Slot::from(14_000),
+            keyframe_requests::KeyframeRequests::default(),
+        );
+        let settings = SettingEngineBuilder::new()
+            .with_ice_timeouts(
+                Some(Duration::from_secs(4)),
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_secs(2)),
+            )
+            .with_include_loopback_candidate(self.settings.bind.is_loopback())
+            .build();
+        let peer: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_media_engine(engine)
+                .with_interceptor_registry(registry)
+                .with_setting_engine(settings)
+                .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+                .with_udp_addrs(vec![SocketAddr::new(self.settings.bind, port.port)])
+                .build()
+                .await
+                .map_err(setup)?,
+        );
+
+        let result = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await;
+        let (track, answer) = match result {
+            Ok(ok) => ok,
+            Err(err) => {
+                let _ = peer.close().await;
+                return Err(err);
+            }
+        };
+
+        let viewer = Arc::new(Viewer {
+            id: uuid::Uuid::new_v4().to_string(),
+            stream: stream.into(),
+            stats: Default::default(),
+            peer: peer.clone(),
+            closed: self.shutdown.child_token(),
+            _slot: slot,
+            _port: port,
+        });
+        self.viewers
+            .lock()
+            .expect("viewers lock")
+            .insert(viewer.id.clone(), viewer.clone());
+        tokio::spawn(serve_viewer(
+            viewer.clone(),
+            track,
+            feed,
+            state_rx,
+            events,
+            self.viewers.clone(),
+        ));
+        Ok((viewer, answer))
+    }
+
+    async fn negotiate(
+        &self,
+        peer: &Arc<dyn PeerConnection>,
+        offer_sdp: String,
+        gathered: &mut watch::Receiver<bool>,
+    ) -> Result<(OwnTrack, String), WebRtcError> {
+        let offer = RTCSessionDescription::offer(offer_sdp)
+            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        peer.set_remote_description(offer)
+            .await
+            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+
+        let ssrc: u32 = rand_u32();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("livegate-{ssrc}"),
+            format!("video-{ssrc}"),
+            "livegate".into(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: h264_codec(H264_PROFILE_LEVEL_IDS[0]),
+                ..Default::default()
+            }],
+        )));
+        peer.add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        let answer = peer
+            .create_answer(None)
+            .await
+            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        peer.set_local_description(answer).await.map_err(setup)?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
+        let local = peer
+            .local_description()
+            .await
+            .ok_or_else(|| setup("no local description"))?;
+        Ok((
+            OwnTrack { track, ssrc },
+            rewrite_host_candidates(&local.sdp, self.settings.public_ip),
+        ))
+    }
+
+    /// Closes every viewer and waits (briefly) until they are gone.
+    pub async fn close_all(&self) {
+        let viewers: Vec<_> = self
+            .viewers
+            .lock()
+            .expect("viewers lock")
+            .values()
+            .cloned()
+            .collect();
+        for viewer in &viewers {
+            viewer.close();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !self.viewers.lock().expect("viewers lock").is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// Replaces the address of host candidates in an SDP with `public_ip` (1:1 NAT).
+pub fn rewrite_host_candidates(sdp: &str, public_ip: Option<IpAddr>) -> String {
+    let Some(ip) = public_ip else {
+        return sdp.to_owned();
+    };
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            let fields: Vec<&str> = line.trim_end().split(' ').collect();
+            // a=candidate:foundation component transport priority ADDRESS port typ host …
+            if line.starts_with("a=candidate:")
+                && fields.len() >= 8
+                && fields[6] == "typ"
+                && fields[7] == "host"
+            {
+                let mut fields = fields;
+                let ip = ip.to_string();
+                fields[4] = &ip;
+                format!("{}{}", fields.join(" "), &line[line.trim_end().len()..])
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect()
+}
+
+/// A viewer's track and the SSRC it was given.
+struct OwnTrack {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+}
+
+/// A viewer's life: wait for the connection, then forward packets until it ends.
+async fn serve_viewer(
+    viewer: Arc<Viewer>,
+    track: OwnTrack,
+    feed: Arc<dyn Feed>,
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    registry: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
+) {
+    let connected = tokio::select! {
+        result = tokio::time::timeout(CONNECT_TIMEOUT, state.wait_for(|s| *s == RTCPeerConnectionState::Connected || is_over(*s))) => {
+            matches!(result, Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected)
+        }
+        _ = viewer.closed.cancelled() => false,
+    };
+    if connected {
+        tracing::info!(viewer = %viewer.id, stream = %viewer.stream, "viewer connected");
+        let rtcp = tokio::spawn(forward_keyframe_requests(track.track.clone(), feed.clone()));
+        let stopped = async {
+            tokio::select! {
+                _ = state.wait_for(|s| is_over(*s)) => {}
+                _ = viewer.closed.cancelled() => {}
+            }
+        };
+        tokio::select! {
+            _ = forward_packets(&viewer, &track, feed.as_ref()) => {}
+            _ = stopped => {}
+        }
+        rtcp.abort();
+    }
+    let _ = viewer.peer.close().await;
+    registry.lock().expect("viewers lock").remove(&viewer.id);
+    viewer.closed.cancel();
+    let _ = events.send(PeerEvent::Closed);
+    tracing::info!(
+        viewer = %viewer.id,
+        stream = %viewer.stream,
+        sent = viewer.stats.packets_sent.load(Ordering::Relaxed),
+        dropped = viewer.stats.packets_dropped.load(Ordering::Relaxed),
+        "viewer left"
+    );
+}
+
+fn is_over(state: RTCPeerConnectionState) -> bool {
+    matches!(
+        state,
+        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+    )
+}
+
+async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
+    let (ssrc, track) = (track.ssrc, &track.track);
+    let mut packets = feed.subscribe();
+    feed.request_keyframe();
+    let payload_type = negotiated_payload_type(&viewer.peer).await.unwrap_or(102);
+    let mut forwarder = Forwarder::new(ssrc, payload_type, (rand_u32() & 0x7fff) as u16);
+    loop {
+        let packet = match packets.recv().await {
+            Ok(packet) => packet,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                forwarder.lagged(missed);
+                viewer
+                    .stats
+                    .packets_dropped
+                    .fetch_add(missed, Ordering::Relaxed);
+                feed.request_keyframe();
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match forwarder.offer(&packet) {
+            Verdict::Send(rtp) => {
+                if track.write_rtp(rtp).await.is_err() {
+                    return;
+                }
+                viewer.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::WaitingForKeyframe => {
+                viewer.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Malformed => {
+                tracing::warn!(stream = %viewer.stream, "malformed RTP packet from the pipeline")
+            }
+        }
+    }
+}
+
+async fn forward_keyframe_requests(track: Arc<TrackLocalStaticRTP>, feed: Arc<dyn Feed>) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+            if packets
+                .iter()
+                .any(|p| keyframe_requests::is_keyframe_request(p.as_ref()))
+            {
+                feed.request_keyframe();
+            }
+        }
+    }
+}
+
+async fn negotiated_payload_type(peer: &Arc<dyn PeerConnection>) -> Option<u8> {
+    for sender in peer.get_senders().await {
+        if let Ok(parameters) = sender.get_parameters().await {
+            if let Some(codec) = parameters
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/H264"))
+            {
+                return Some(codec.payload_type);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_only_host_candidates() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
+                   a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n";
+        let out = rewrite_host_candidates(sdp, Some("203.0.113.7".parse().unwrap()));
+        assert!(
+            out.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("198.51.100.1 50000 typ srflx"));
+        assert_eq!(rewrite_host_candidates(sdp, None), sdp);
+    }
+}

@@ -1,0 +1,572 @@
+// livegate browser player: WebRTC (WebSocket signalling) with HLS fallback,
+// self-healing reconnects, and live latency read from the in-frame strip.
+import { cellSize, decodeStrip, latencyFrom } from './strip.js';
+
+const WEBRTC_FIRST_FRAME_MS = 4000; // auto mode falls back to HLS after this
+const HLS_FIRST_FRAME_MS = 10000;   // HLS needs a playlist + segment first
+const STALL_MS = 3000;              // frames stopped advancing -> reconnect
+const DISCONNECT_GRACE_MS = 2000;   // ICE "disconnected" may recover by itself
+const BACKOFF_START_MS = 1000;
+const BACKOFF_MAX_MS = 5000;
+const LATENCY_STALE_MS = 2000;
+const LATENCY_MEDIAN_OF = 15;
+const SAMPLE_RING = 300;
+
+const $ = (id) => document.getElementById(id);
+const video = $('video');
+const ui = {
+  name: $('stream-name'), mode: $('mode'), state: $('state'),
+  resolution: $('resolution'), fps: $('fps'), latency: $('latency'), select: $('stream-select'),
+};
+
+// Live stats for humans and automated tests.
+const lg = (window.livegate = {
+  stream: null,
+  mode: null,            // 'WebRTC' | 'HLS' | null
+  state: 'loading',
+  framesShown: 0,        // frames presented since page load (all sessions)
+  fps: 0,
+  latencyMs: null,       // smoothed: median of the last 15 strip samples, null when stale
+  latencyRawMs: null,    // latest single sample
+  lastLatencySamples: [], // ring of the last 300 {now, latencyMs}
+  resolution: null,      // e.g. '1280x720'
+  width: 0,
+  height: 0,
+});
+
+const params = new URLSearchParams(location.search);
+const requestedMode = ['auto', 'webrtc', 'hls'].includes(params.get('mode')) ? params.get('mode') : 'auto';
+
+let session = null;  // the one active playback attempt
+let sessionSeq = 0;
+let runSeq = 0;      // newer run() calls supersede older ones still awaiting fetch
+let retryTimer = 0;
+let retryCount = 0;
+let stopped = false; // set on pagehide
+
+// ---------------------------------------------------------------- UI helpers
+
+function setState(text, kind = text) {
+  lg.state = text;
+  ui.state.textContent = text;
+  document.body.dataset.state = kind;
+}
+
+function setMode(mode) {
+  lg.mode = mode;
+  ui.mode.textContent = mode || '';
+}
+
+function streamName() {
+  return new URLSearchParams(location.search).get('stream');
+}
+
+function populateSwitcher(streams, current) {
+  const names = streams.map((s) => s.name);
+  const existing = [...ui.select.options].map((o) => o.value);
+  if (names.join('\n') !== existing.join('\n')) {
+    ui.select.replaceChildren(...names.map((n) => new Option(n, n)));
+  }
+  if (current && !names.includes(current)) ui.select.add(new Option(`${current} (missing)`, current));
+  ui.select.value = current || '';
+}
+
+ui.select.addEventListener('change', () => {
+  const p = new URLSearchParams(location.search);
+  p.set('stream', ui.select.value);
+  history.pushState(null, '', `${location.pathname}?${p}`);
+  restart('switch stream');
+});
+window.addEventListener('popstate', () => restart('navigation'));
+
+// ------------------------------------------------------- session management
+
+function newSession(mode, info) {
+  endSession();
+  session = {
+    id: ++sessionSeq, mode, info,
+    startedAt: performance.now(), gotFrame: false, lastFrameAt: 0,
+    cleanups: [], blocked: false,
+  };
+  setMode(mode);
+  return session;
+}
+
+function alive(s) {
+  return !stopped && s === session;
+}
+
+function endSession() {
+  const s = session;
+  session = null;
+  if (!s) return;
+  for (const fn of s.cleanups.reverse()) {
+    try { fn(); } catch (e) { console.debug('[livegate] cleanup', e); }
+  }
+}
+
+function resetVideo() {
+  try { video.pause(); } catch (_) { /* ignore */ }
+  video.srcObject = null;
+  if (video.hasAttribute('src')) {
+    video.removeAttribute('src');
+    video.load(); // releases the old media resource
+  }
+}
+
+// A session failed. Before its first frame in auto mode, WebRTC falls back to
+// HLS straight away; otherwise tear down and retry (WebRTC first again).
+function fail(s, reason) {
+  if (!alive(s)) return;
+  console.info(`[livegate] ${s.mode} session ${s.id} ended: ${reason}`);
+  if (s.mode === 'WebRTC' && requestedMode === 'auto' && !s.gotFrame) {
+    const info = s.info;
+    endSession();
+    startHls(info, `WebRTC unavailable (${reason})`);
+    return;
+  }
+  scheduleRetry(reason);
+}
+
+function scheduleRetry(reason) {
+  endSession();
+  if (stopped) return;
+  clearTimeout(retryTimer);
+  const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** retryCount);
+  retryCount++;
+  setState(`reconnecting in ${Math.round(delay / 1000)} s (${reason})`, 'reconnecting');
+  retryTimer = setTimeout(run, delay);
+}
+
+function restart(why) {
+  console.info(`[livegate] restart: ${why}`);
+  clearTimeout(retryTimer);
+  endSession();
+  retryCount = 0;
+  run();
+}
+
+async function fetchJson(path) {
+  const res = await fetch(path, { cache: 'no-store' });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+// One attempt: refresh the stream list, pick a stream, start a transport.
+async function run() {
+  clearTimeout(retryTimer);
+  if (stopped) return;
+  const token = ++runSeq;
+  endSession();
+  setState('connecting');
+
+  let streams;
+  try {
+    streams = await fetchJson('/api/streams');
+  } catch (e) {
+    if (token === runSeq) scheduleRetry(`stream list: ${e.message}`);
+    return;
+  }
+  if (stopped || token !== runSeq || session) return;
+
+  const wanted = streamName();
+  const info = Array.isArray(streams) && (wanted ? streams.find((s) => s.name === wanted) : streams[0]);
+  populateSwitcher(Array.isArray(streams) ? streams : [], wanted || (info && info.name));
+  lg.stream = info ? info.name : wanted;
+  ui.name.textContent = lg.stream || '';
+  document.title = lg.stream ? `${lg.stream} · livegate` : 'livegate';
+
+  if (!info) {
+    setMode(null);
+    scheduleRetry(wanted ? `no stream named "${wanted}"` : 'no streams');
+    return;
+  }
+  if (info.state === 'error') {
+    setMode(null);
+    scheduleRetry(`stream error: ${info.error || 'unknown'}`);
+    return;
+  }
+
+  const hasWebRtc = typeof window.RTCPeerConnection === 'function';
+  if (requestedMode === 'hls') startHls(info);
+  else if (requestedMode === 'webrtc') {
+    if (hasWebRtc) startWebRtc(info);
+    else { setMode('WebRTC'); setState('WebRTC is not supported by this browser', 'error'); }
+  } else if (hasWebRtc) startWebRtc(info);
+  else startHls(info, 'no RTCPeerConnection');
+}
+
+// ------------------------------------------------------------------ WebRTC
+
+function wsUrl(info) {
+  const path = info.ws || `/ws/${encodeURIComponent(info.name)}`;
+  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
+}
+
+async function startWebRtc(info) {
+  const s = newSession('WebRTC', info);
+  setState('connecting');
+  resetVideo();
+  startWatchdog(s, WEBRTC_FIRST_FRAME_MS);
+
+  let iceServers = [];
+  try {
+    const cfg = await fetchJson('/api/config');
+    if (Array.isArray(cfg.iceServers)) iceServers = cfg.iceServers;
+  } catch (e) {
+    console.info('[livegate] /api/config unavailable, using no ICE servers', e.message);
+  }
+  if (!alive(s)) return;
+
+  let pc;
+  let ws;
+  try {
+    pc = new RTCPeerConnection({ iceServers });
+    ws = new WebSocket(wsUrl(info));
+  } catch (e) {
+    if (pc) pc.close();
+    fail(s, `setup: ${e.message}`);
+    return;
+  }
+  let disconnectTimer = 0;
+  s.cleanups.push(() => {
+    clearTimeout(disconnectTimer);
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    // Closing a still-connecting socket logs a browser error; close once open instead.
+    if (ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1000, 'bye');
+    else if (ws.readyState === WebSocket.OPEN) ws.close(1000, 'bye');
+    pc.ontrack = pc.onicecandidate = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
+    pc.close();
+    resetVideo();
+  });
+
+  const send = (msg) => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); };
+  let offerSent = false;
+  const localCandidates = [];  // gathered before the offer went out
+  const remoteCandidates = []; // received before the answer was applied
+
+  pc.addTransceiver('video', { direction: 'recvonly' });
+
+  pc.ontrack = (e) => {
+    if (!alive(s)) return;
+    video.srcObject = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
+    playVideo(s);
+  };
+
+  pc.onicecandidate = (e) => {
+    if (!e.candidate || !e.candidate.candidate) return; // end of gathering
+    const msg = {
+      type: 'candidate',
+      candidate: e.candidate.candidate,
+      sdpMid: e.candidate.sdpMid,
+      sdpMLineIndex: e.candidate.sdpMLineIndex,
+    };
+    if (offerSent) send(msg); else localCandidates.push(msg);
+  };
+
+  const onPcState = () => {
+    if (!alive(s)) return;
+    const st = pc.connectionState || pc.iceConnectionState;
+    if (st === 'failed') fail(s, 'connection failed');
+    else if (st === 'disconnected') {
+      clearTimeout(disconnectTimer);
+      disconnectTimer = setTimeout(() => {
+        const now = pc.connectionState || pc.iceConnectionState;
+        if (now === 'disconnected' || now === 'failed') fail(s, 'connection lost');
+      }, DISCONNECT_GRACE_MS);
+    } else if (st === 'connected') {
+      clearTimeout(disconnectTimer);
+      if (!s.gotFrame) setState('connected, waiting for video', 'connecting');
+    }
+  };
+  pc.onconnectionstatechange = onPcState;
+  pc.oniceconnectionstatechange = () => { if (!('connectionState' in pc)) onPcState(); };
+
+  const addRemoteCandidate = (m) => {
+    pc.addIceCandidate({ candidate: m.candidate, sdpMid: m.sdpMid, sdpMLineIndex: m.sdpMLineIndex })
+      .catch((e) => console.debug('[livegate] addIceCandidate', e.message));
+  };
+
+  ws.onmessage = async (ev) => {
+    if (!alive(s)) return;
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch (_) { console.debug('[livegate] non-JSON signalling message'); return; }
+    if (msg.type === 'answer') {
+      try {
+        await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+      } catch (e) {
+        fail(s, `bad answer: ${e.message}`);
+        return;
+      }
+      remoteCandidates.splice(0).forEach(addRemoteCandidate);
+    } else if (msg.type === 'candidate') {
+      if (!msg.candidate) return; // server's end-of-candidates marker
+      if (pc.remoteDescription) addRemoteCandidate(msg); else remoteCandidates.push(msg);
+    } else if (msg.type === 'error') {
+      fail(s, `server: ${msg.message || 'error'}`);
+    } else {
+      console.debug('[livegate] ignoring signalling message', msg.type);
+    }
+  };
+  ws.onerror = () => fail(s, 'signalling error');
+  ws.onclose = (ev) => fail(s, `signalling closed${ev.code ? ` (${ev.code})` : ''}`);
+
+  try {
+    // Create the offer while the socket connects; it carries no candidates,
+    // they are trickled afterwards.
+    const opened = new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      s.cleanups.push(() => reject(new Error('closed')));
+    });
+    opened.catch(() => {}); // may reject before it is awaited; avoid an unhandled rejection
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    await opened;
+    if (!alive(s)) return;
+    send({ type: 'offer', sdp: offer.sdp });
+    offerSent = true;
+    localCandidates.splice(0).forEach(send);
+  } catch (e) {
+    fail(s, `offer: ${e.message}`);
+  }
+}
+
+// --------------------------------------------------------------------- HLS
+
+function startHls(info, why) {
+  const s = newSession('HLS', info);
+  if (why) console.info(`[livegate] using HLS: ${why}`);
+  resetVideo();
+  if (info.state === 'starting') {
+    // No playlist yet; requesting it would only produce 404s in the console.
+    scheduleRetry('stream starting');
+    return;
+  }
+  setState('connecting');
+  startWatchdog(s, HLS_FIRST_FRAME_MS);
+  const url = info.hls || `/hls/${encodeURIComponent(info.name)}/index.m3u8`;
+
+  const Hls = window.Hls;
+  const hlsJsOk = !!(Hls && Hls.isSupported());
+  // Safari: native HLS. Android Chrome also answers "maybe" here but plays HLS
+  // poorly, and Chromium (navigator.userAgentData) does better with hls.js.
+  const native = video.canPlayType('application/vnd.apple.mpegurl') &&
+    (!hlsJsOk || (!/Android/i.test(navigator.userAgent) && !navigator.userAgentData));
+  if (native) {
+    const onError = () => fail(s, `media error ${video.error ? video.error.code : ''}`.trim());
+    video.addEventListener('error', onError);
+    s.cleanups.push(() => { video.removeEventListener('error', onError); resetVideo(); });
+    video.src = url;
+    playVideo(s);
+    return;
+  }
+
+  if (!hlsJsOk) {
+    setState('HLS is not supported by this browser', 'error');
+    return;
+  }
+  const hls = new Hls({
+    enableWorker: true,            // inline blob worker, no extra request
+    lowLatencyMode: true,
+    liveSyncDuration: 1.5,         // ~1.5 segments behind the live edge
+    liveMaxLatencyDuration: 4,     // beyond this, seek back to the sync point
+    maxLiveSyncPlaybackRate: 1.5,  // catch up smoothly instead of seeking
+    liveDurationInfinity: true,
+    backBufferLength: 4,
+    maxBufferLength: 4,
+    maxMaxBufferLength: 8,
+    manifestLoadingMaxRetry: 2,
+    levelLoadingMaxRetry: 2,
+    fragLoadingMaxRetry: 2,
+    debug: false,
+  });
+  s.cleanups.push(() => { hls.destroy(); resetVideo(); });
+  hls.on(Hls.Events.ERROR, (_evt, data) => {
+    if (!alive(s)) return;
+    if (data.fatal) fail(s, `hls.js ${data.type}: ${data.details}`);
+    else console.debug('[livegate] hls.js', data.details);
+  });
+  hls.on(Hls.Events.MANIFEST_PARSED, () => playVideo(s));
+  hls.attachMedia(video);
+  hls.loadSource(url);
+}
+
+// ------------------------------------------------------- playback + watchdog
+
+function playVideo(s) {
+  video.muted = true; // muted autoplay is allowed without a user gesture
+  const p = video.play();
+  if (p && p.catch) {
+    p.catch((e) => {
+      if (!alive(s)) return;
+      if (e.name === 'NotAllowedError') {
+        s.blocked = true; // don't treat "waiting for a click" as a stall
+        setState('click to play', 'connecting');
+        video.addEventListener('click', () => { s.blocked = false; s.startedAt = performance.now(); video.play().catch(() => {}); }, { once: true });
+      } else {
+        console.debug('[livegate] play()', e.name, e.message); // e.g. AbortError on source change
+      }
+    });
+  }
+}
+
+function startWatchdog(s, firstFrameMs) {
+  const timer = setInterval(() => {
+    if (!alive(s) || s.blocked || document.hidden) return; // hidden tabs present no frames
+    const now = performance.now();
+    if (!s.gotFrame) {
+      if (now - s.startedAt > firstFrameMs) fail(s, `no video within ${firstFrameMs / 1000} s`);
+    } else if (now - s.lastFrameAt > STALL_MS) {
+      fail(s, 'video stalled');
+    }
+  }, 250);
+  s.cleanups.push(() => clearInterval(timer));
+}
+
+document.addEventListener('visibilitychange', () => {
+  // Frames don't advance while hidden: restart the clocks rather than reconnect.
+  if (!document.hidden && session) {
+    const now = performance.now();
+    if (session.gotFrame) session.lastFrameAt = now; else session.startedAt = now;
+  }
+});
+
+// --------------------------------------------------- per-frame measurements
+
+const canvas = document.createElement('canvas');
+const ctx = canvas.getContext('2d', { willReadFrequently: true });
+const fpsWindow = []; // {t, frames} over the last second
+let lastPresented = null;
+let lastStripAt = 0;
+const recent = []; // last LATENCY_MEDIAN_OF samples for the median
+
+function onFrame(nowPerf, meta) {
+  // Frames: presentedFrames counts frames rVFC may have coalesced.
+  let n = 1;
+  if (meta && typeof meta.presentedFrames === 'number') {
+    if (lastPresented !== null && meta.presentedFrames > lastPresented) n = meta.presentedFrames - lastPresented;
+    lastPresented = meta.presentedFrames;
+  }
+  lg.framesShown += n;
+  const total = lg.framesShown;
+  fpsWindow.push({ t: nowPerf, frames: total });
+  while (fpsWindow.length > 2 && nowPerf - fpsWindow[0].t > 1000) fpsWindow.shift();
+
+  const s = session;
+  if (s) {
+    s.lastFrameAt = performance.now();
+    if (!s.gotFrame) {
+      s.gotFrame = true;
+      retryCount = 0; // healthy again: next failure starts the backoff afresh
+      setState('playing');
+      console.info(`[livegate] ${s.mode} playing ${s.info.name}`);
+    }
+  }
+
+  const w = (meta && meta.width) || video.videoWidth;
+  const h = (meta && meta.height) || video.videoHeight;
+  if (w && h) {
+    lg.width = w; lg.height = h; lg.resolution = `${w}x${h}`;
+  }
+
+  // Wall-clock time the frame is shown. The perf->epoch offset is sampled now
+  // rather than fixed at timeOrigin, so it tracks wall-clock adjustments.
+  const displayPerf = meta && meta.expectedDisplayTime ? meta.expectedDisplayTime : nowPerf;
+  const epochOffset = Date.now() - performance.now();
+  readStrip(w, h, displayPerf + epochOffset);
+}
+
+function readStrip(w, h, shownAtMs) {
+  const c = cellSize(w);
+  if (!ctx || c < 2 || !h) return;
+  if (canvas.width !== w || canvas.height !== c) { canvas.width = w; canvas.height = c; }
+  let value = null;
+  try {
+    ctx.drawImage(video, 0, 0, w, c, 0, 0, w, c); // only the strip rows
+    value = decodeStrip(ctx.getImageData(0, 0, w, c), w);
+  } catch (e) {
+    console.debug('[livegate] strip read', e.message);
+    return;
+  }
+  const latency = latencyFrom(value, shownAtMs);
+  if (latency === null) return;
+  const ms = Math.round(latency);
+  lastStripAt = performance.now();
+  lg.latencyRawMs = ms;
+  lg.lastLatencySamples.push({ now: Math.round(shownAtMs), latencyMs: ms });
+  if (lg.lastLatencySamples.length > SAMPLE_RING) lg.lastLatencySamples.shift();
+  recent.push(ms);
+  if (recent.length > LATENCY_MEDIAN_OF) recent.shift();
+  const sorted = [...recent].sort((a, b) => a - b);
+  lg.latencyMs = sorted[sorted.length >> 1];
+}
+
+// rVFC fires once per frame actually presented. Without it (old browsers),
+// poll with rAF and count currentTime changes.
+const hasRvfc = 'requestVideoFrameCallback' in HTMLVideoElement.prototype;
+let rvfcHandle = 0;
+function armFrameCallback() {
+  if (!hasRvfc) return;
+  if (rvfcHandle) video.cancelVideoFrameCallback(rvfcHandle);
+  rvfcHandle = video.requestVideoFrameCallback(function tick(now, meta) {
+    rvfcHandle = video.requestVideoFrameCallback(tick);
+    onFrame(now, meta);
+  });
+}
+if (hasRvfc) {
+  armFrameCallback();
+  // A new source resets the frame counter; re-arm so callbacks keep coming.
+  video.addEventListener('loadedmetadata', () => { lastPresented = null; armFrameCallback(); });
+} else {
+  let lastTime = -1;
+  const poll = (now) => {
+    if (!video.paused && video.readyState >= 2 && video.currentTime !== lastTime) {
+      lastTime = video.currentTime;
+      onFrame(now, null);
+    }
+    requestAnimationFrame(poll);
+  };
+  requestAnimationFrame(poll);
+}
+
+video.addEventListener('resize', () => {
+  if (video.videoWidth) {
+    lg.width = video.videoWidth; lg.height = video.videoHeight;
+    lg.resolution = `${video.videoWidth}x${video.videoHeight}`;
+  }
+});
+
+// Repaint the info bar a few times a second rather than on every frame.
+setInterval(() => {
+  const now = performance.now();
+  const last = fpsWindow[fpsWindow.length - 1];
+  if (!last || now - last.t > 1000) {
+    lg.fps = 0;
+  } else if (fpsWindow.length >= 2) {
+    const first = fpsWindow[0];
+    const span = last.t - first.t;
+    if (span >= 100) lg.fps = Math.round(((last.frames - first.frames) * 10000) / span) / 10;
+  }
+  if (lastStripAt && now - lastStripAt > LATENCY_STALE_MS) {
+    lg.latencyMs = null;
+    lg.latencyRawMs = null;
+    recent.length = 0;
+  }
+  ui.fps.textContent = session && session.gotFrame ? String(lg.fps) : '';
+  ui.resolution.textContent = lg.resolution || '';
+  ui.latency.textContent = lg.latencyMs === null ? '' : String(lg.latencyMs);
+}, 250);
+
+// -------------------------------------------------------------- lifecycle
+
+window.addEventListener('pagehide', () => {
+  // Close the PeerConnection and WebSocket so the server frees the viewer slot.
+  stopped = true;
+  clearTimeout(retryTimer);
+  endSession();
+});
+window.addEventListener('pageshow', (e) => {
+  if (e.persisted) { stopped = false; retryCount = 0; run(); } // back/forward cache restore
+});
+
+run();
