@@ -17,10 +17,7 @@ pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_BITRATE: Bitrate = Bitrate { kbps: 2000 };
-pub const DEFAULT_WEBRTC_PORTS: PortRange = PortRange {
-    low: 50000,
-    high: 50099,
-};
+pub const DEFAULT_WEBRTC_PORTS: PortRange = PortRange { low: 50000, high: 50099 };
 pub const DEFAULT_WEBRTC_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MAX_VIEWERS: usize = 200;
 /// Prefix of every environment variable livegate reads.
@@ -35,39 +32,20 @@ pub enum ConfigError {
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("cannot read config file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
     #[error("invalid setting `{setting}` = {value:?}: {accepted}")]
-    Invalid {
-        setting: &'static str,
-        value: String,
-        accepted: String,
-    },
+    Invalid { setting: &'static str, value: String, accepted: String },
 }
 
-fn invalid(
-    setting: &'static str,
-    value: impl fmt::Display,
-    accepted: impl Into<String>,
-) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        value: value.to_string(),
-        accepted: accepted.into(),
-    }
+fn invalid(setting: &'static str, value: impl fmt::Display, accepted: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, value: value.to_string(), accepted: accepted.into() }
 }
 
 /// The command line: the settings plus what only makes sense on a command line.
 #[derive(Debug, Parser)]
-#[command(
-    name = "livegate",
-    version,
-    about = "Live video to browsers over WebRTC and HLS, from one HTTPS binary"
-)]
+#[command(name = "livegate", version, about = "Live video to browsers over WebRTC and HLS, from one HTTPS binary")]
 pub struct Cli {
     /// TOML config file (env LIVEGATE_CONFIG).
     #[arg(long, value_name = "PATH")]
@@ -175,11 +153,7 @@ impl Settings {
             let Some(value) = lookup(&var) else { continue };
             let multiple = matches!(arg.get_action(), clap::ArgAction::Append);
             let values: Vec<&str> = if multiple {
-                value
-                    .split(ENV_LIST_SEPARATOR)
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .collect()
+                value.split(ENV_LIST_SEPARATOR).map(str::trim).filter(|v| !v.is_empty()).collect()
             } else {
                 vec![value.as_str()]
             };
@@ -189,18 +163,12 @@ impl Settings {
         }
         let matches = command
             .try_get_matches_from(&argv)
-            .map_err(|err| ConfigError::Env {
-                var: "LIVEGATE_*".into(),
-                message: err.to_string(),
-            })?;
+            .map_err(|err| ConfigError::Env { var: "LIVEGATE_*".into(), message: err.to_string() })?;
         Ok(Settings::from_arg_matches(&matches)?)
     }
 
     pub fn from_toml(path: &Path, text: &str) -> Result<Settings, ConfigError> {
-        toml::from_str(text).map_err(|err| ConfigError::ParseFile {
-            path: path.to_owned(),
-            message: err.to_string(),
-        })
+        toml::from_str(text).map_err(|err| ConfigError::ParseFile { path: path.to_owned(), message: err.to_string() })
     }
 }
 
@@ -234,23 +202,15 @@ impl FromStr for Source {
         if s == "test" {
             Ok(Source::Test)
         } else if let Some(rest) = s.strip_prefix("v4l2:") {
-            Ok(Source::V4l2 {
-                device: non_empty(rest, "v4l2 device")?.into(),
-            })
+            Ok(Source::V4l2 { device: non_empty(rest, "v4l2 device")?.into() })
         } else if s.starts_with("rtsp://") || s.starts_with("rtsps://") {
             Ok(Source::Rtsp { url: s.to_owned() })
         } else if let Some(rest) = s.strip_prefix("file:") {
-            Ok(Source::File {
-                path: non_empty(rest, "file path")?.into(),
-            })
+            Ok(Source::File { path: non_empty(rest, "file path")?.into() })
         } else if let Some(rest) = s.strip_prefix("gst:") {
-            Ok(Source::Gst {
-                launch: non_empty(rest, "gst launch fragment")?,
-            })
+            Ok(Source::Gst { launch: non_empty(rest, "gst launch fragment")? })
         } else {
-            Err(format!(
-                "unknown source {s:?}; accepted: {ACCEPTED_SOURCES}"
-            ))
+            Err(format!("unknown source {s:?}; accepted: {ACCEPTED_SOURCES}"))
         }
     }
 }
@@ -280,27 +240,19 @@ impl StreamSpec {
     fn new(name: &str, source: &str) -> Result<StreamSpec, String> {
         let valid_name = !name.is_empty()
             && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid_name {
-            return Err(format!(
-                "stream name {name:?} is not {ACCEPTED_STREAM_NAMES}"
-            ));
+            return Err(format!("stream name {name:?} is not {ACCEPTED_STREAM_NAMES}"));
         }
-        Ok(StreamSpec {
-            name: name.to_owned(),
-            source: source.parse()?,
-        })
+        Ok(StreamSpec { name: name.to_owned(), source: source.parse()? })
     }
 }
 
 impl FromStr for StreamSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, source) = s
-            .split_once('=')
-            .ok_or_else(|| format!("{s:?} is not NAME=SOURCE; SOURCE is {ACCEPTED_SOURCES}"))?;
+        let (name, source) =
+            s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=SOURCE; SOURCE is {ACCEPTED_SOURCES}"))?;
         StreamSpec::new(name.trim(), source.trim())
     }
 }
@@ -338,18 +290,13 @@ impl FromStr for Bitrate {
             Some((i, 'm' | 'M')) => (&s[..i], 1_000_000f64),
             _ => (s, 1f64),
         };
-        let value: f64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a bitrate; accepted: {ACCEPTED_BITRATES}"))?;
+        let value: f64 =
+            digits.parse().map_err(|_| format!("{s:?} is not a bitrate; accepted: {ACCEPTED_BITRATES}"))?;
         let bits = value * scale;
         if !(100_000.0..=100_000_000.0).contains(&bits) {
-            return Err(format!(
-                "{s:?} is out of range; accepted: {ACCEPTED_BITRATES}"
-            ));
+            return Err(format!("{s:?} is out of range; accepted: {ACCEPTED_BITRATES}"));
         }
-        Ok(Bitrate {
-            kbps: (bits / 1000.0).round() as u32,
-        })
+        Ok(Bitrate { kbps: (bits / 1000.0).round() as u32 })
     }
 }
 
@@ -407,33 +354,24 @@ impl FromStr for IceServer {
     type Err = String;
     /// `turn:user:pass@host:3478?transport=udp` carries its credentials before the `@`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let accepted =
-            "stun:HOST[:PORT], stuns:…, turn:[USER:PASS@]HOST[:PORT][?transport=udp|tcp], turns:…";
+        let accepted = "stun:HOST[:PORT], stuns:…, turn:[USER:PASS@]HOST[:PORT][?transport=udp|tcp], turns:…";
         let (scheme, rest) = s
             .split_once(':')
-            .filter(|(scheme, rest)| {
-                matches!(*scheme, "stun" | "stuns" | "turn" | "turns") && !rest.is_empty()
-            })
+            .filter(|(scheme, rest)| matches!(*scheme, "stun" | "stuns" | "turn" | "turns") && !rest.is_empty())
             .ok_or_else(|| format!("{s:?} is not an ICE server URL; accepted: {accepted}"))?;
         match rest.rsplit_once('@') {
             Some((credentials, host)) if scheme.starts_with("turn") => {
-                let (user, pass) = credentials.split_once(':').ok_or_else(|| {
-                    format!("{s:?}: TURN credentials must be USER:PASS@; accepted: {accepted}")
-                })?;
+                let (user, pass) = credentials
+                    .split_once(':')
+                    .ok_or_else(|| format!("{s:?}: TURN credentials must be USER:PASS@; accepted: {accepted}"))?;
                 Ok(IceServer {
                     urls: vec![format!("{scheme}:{host}")],
                     username: Some(user.to_owned()),
                     credential: Some(pass.to_owned()),
                 })
             }
-            Some(_) => Err(format!(
-                "{s:?}: only TURN servers take credentials; accepted: {accepted}"
-            )),
-            None => Ok(IceServer {
-                urls: vec![s.to_owned()],
-                username: None,
-                credential: None,
-            }),
+            Some(_) => Err(format!("{s:?}: only TURN servers take credentials; accepted: {accepted}")),
+            None => Ok(IceServer { urls: vec![s.to_owned()], username: None, credential: None }),
         }
     }
 }
@@ -533,10 +471,7 @@ impl Config {
         Self::load_from(std::env::args_os(), |var| std::env::var(var).ok())
     }
 
-    pub fn load_from<I, T>(
-        args: I,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Loaded, ConfigError>
+    pub fn load_from<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -544,39 +479,23 @@ impl Config {
         let matches = Cli::command().try_get_matches_from(args)?;
         let cli = Cli::from_arg_matches(&matches)?;
         let env_settings = Settings::from_env(&env)?;
-        let config_path = cli
-            .config
-            .clone()
-            .or_else(|| env("LIVEGATE_CONFIG").map(PathBuf::from));
+        let config_path = cli.config.clone().or_else(|| env("LIVEGATE_CONFIG").map(PathBuf::from));
         let file_settings = match &config_path {
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
                 Settings::from_toml(path, &text)?
             }
             None => Settings::default(),
         };
         let merged = cli.settings.over(env_settings).over(file_settings);
-        Ok(Loaded {
-            config: Config::resolve(merged, &env)?,
-            check_only: cli.check_config,
-        })
+        Ok(Loaded { config: Config::resolve(merged, &env)?, check_only: cli.check_config })
     }
 
     /// Fills defaults and validates.
-    pub fn resolve(
-        s: Settings,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let streams = s.streams.unwrap_or_else(|| {
-            vec![StreamSpec {
-                name: DEFAULT_STREAM_NAME.into(),
-                source: Source::Test,
-            }]
-        });
+    pub fn resolve(s: Settings, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let streams =
+            s.streams.unwrap_or_else(|| vec![StreamSpec { name: DEFAULT_STREAM_NAME.into(), source: Source::Test }]);
         let mut names = HashSet::new();
         for stream in &streams {
             if !names.insert(stream.name.as_str()) {
@@ -592,11 +511,7 @@ impl Config {
         let fps = s.fps.unwrap_or(DEFAULT_FPS);
         for (setting, value, max) in [("width", width, 7680), ("height", height, 4320)] {
             if value < 64 || value > max || value % 2 != 0 {
-                return Err(invalid(
-                    setting,
-                    value,
-                    format!("an even number of pixels from 64 to {max}"),
-                ));
+                return Err(invalid(setting, value, format!("an even number of pixels from 64 to {max}")));
             }
         }
         if !(1..=120).contains(&fps) {
@@ -607,16 +522,10 @@ impl Config {
             (true, None, None) => TlsMode::Off,
             (true, cert, key) => {
                 let given = cert.or(key).unwrap_or_default();
-                return Err(invalid(
-                    "no_tls",
-                    given.display(),
-                    "either --no-tls or --tls-cert/--tls-key, not both",
-                ));
+                return Err(invalid("no_tls", given.display(), "either --no-tls or --tls-cert/--tls-key, not both"));
             }
             (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
-            (false, None, None) => TlsMode::SelfSigned {
-                extra_names: s.tls_san.unwrap_or_default(),
-            },
+            (false, None, None) => TlsMode::SelfSigned { extra_names: s.tls_san.unwrap_or_default() },
             (false, Some(cert), None) => {
                 return Err(invalid(
                     "tls_key",
@@ -638,22 +547,13 @@ impl Config {
             return Err(invalid("max_viewers", 0, "at least 1"));
         }
         if let Some(ip) = s.public_ip.filter(|ip| ip.is_unspecified()) {
-            return Err(invalid(
-                "public_ip",
-                ip,
-                "a concrete address other peers can reach",
-            ));
+            return Err(invalid("public_ip", ip, "a concrete address other peers can reach"));
         }
 
         Ok(Config {
             listen: s.listen.unwrap_or(DEFAULT_LISTEN),
             streams,
-            video: VideoSettings {
-                width,
-                height,
-                fps,
-                bitrate_kbps: s.bitrate.unwrap_or(DEFAULT_BITRATE).kbps,
-            },
+            video: VideoSettings { width, height, fps, bitrate_kbps: s.bitrate.unwrap_or(DEFAULT_BITRATE).kbps },
             encoder: s.encoder.unwrap_or(EncoderChoice::Auto),
             latency_strip: s.latency_strip.unwrap_or(false),
             hls_dir: s.hls_dir,
@@ -693,41 +593,15 @@ impl fmt::Display for Config {
         for stream in &self.streams {
             writeln!(f, "stream {} = {}", stream.name, stream.source)?;
         }
-        writeln!(
-            f,
-            "video = {}x{} @ {} fps, {} kbit/s",
-            v.width, v.height, v.fps, v.bitrate_kbps
-        )?;
-        writeln!(
-            f,
-            "encoder = {:?}, latency_strip = {}",
-            self.encoder, self.latency_strip
-        )?;
-        writeln!(
-            f,
-            "hls_dir = {}",
-            self.hls_dir
-                .as_deref()
-                .map_or("(temporary)".into(), |p| p.display().to_string())
-        )?;
+        writeln!(f, "video = {}x{} @ {} fps, {} kbit/s", v.width, v.height, v.fps, v.bitrate_kbps)?;
+        writeln!(f, "encoder = {:?}, latency_strip = {}", self.encoder, self.latency_strip)?;
+        writeln!(f, "hls_dir = {}", self.hls_dir.as_deref().map_or("(temporary)".into(), |p| p.display().to_string()))?;
         writeln!(f, "state_dir = {}", self.state_dir.display())?;
         writeln!(f, "tls = {:?}", self.tls)?;
         let w = &self.webrtc;
-        writeln!(
-            f,
-            "webrtc ports = {}, bind = {}, public_ip = {:?}",
-            w.ports, w.bind, w.public_ip
-        )?;
-        writeln!(
-            f,
-            "ice_servers = {:?}",
-            w.ice_servers.iter().map(|s| &s.urls).collect::<Vec<_>>()
-        )?;
-        write!(
-            f,
-            "max_viewers = {}, log_format = {:?}",
-            w.max_viewers, self.log_format
-        )
+        writeln!(f, "webrtc ports = {}, bind = {}, public_ip = {:?}", w.ports, w.bind, w.public_ip)?;
+        writeln!(f, "ice_servers = {:?}", w.ice_servers.iter().map(|s| &s.urls).collect::<Vec<_>>())?;
+        write!(f, "max_viewers = {}, log_format = {:?}", w.max_viewers, self.log_format)
     }
 }
 
@@ -737,10 +611,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let argv = std::iter::once("livegate").chain(args.iter().copied());
         Config::load_from(argv, |k| env.get(k).cloned()).map(|l| l.config)
     }
@@ -755,29 +626,9 @@ mod tests {
     fn defaults() {
         let c = load(&[], &[]).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
-        assert_eq!(
-            c.streams,
-            vec![StreamSpec {
-                name: "live".into(),
-                source: Source::Test
-            }]
-        );
-        assert_eq!(
-            c.video,
-            VideoSettings {
-                width: 1280,
-                height: 720,
-                fps: 30,
-                bitrate_kbps: 2000
-            }
-        );
-        assert_eq!(
-            c.webrtc.ports,
-            PortRange {
-                low: 50000,
-                high: 50099
-            }
-        );
+        assert_eq!(c.streams, vec![StreamSpec { name: "live".into(), source: Source::Test }]);
+        assert_eq!(c.video, VideoSettings { width: 1280, height: 720, fps: 30, bitrate_kbps: 2000 });
+        assert_eq!(c.webrtc.ports, PortRange { low: 50000, high: 50099 });
         assert_eq!(c.webrtc.max_viewers, 200);
         assert!(matches!(c.tls, TlsMode::SelfSigned { .. }));
         assert_eq!(c.encoder, EncoderChoice::Auto);
@@ -787,21 +638,13 @@ mod tests {
     fn flags_beat_env_beat_file_beat_defaults() {
         let file = write_toml("width = 640\nheight = 360\nfps = 15\nbitrate = \"1M\"\n[[stream]]\nname = \"cam\"\nsource = \"v4l2:/dev/video0\"\n");
         let path = file.path().to_str().unwrap();
-        let c = load(
-            &["--config", path, "--width", "1920"],
-            &[("LIVEGATE_WIDTH", "800"), ("LIVEGATE_HEIGHT", "1080")],
-        )
-        .unwrap();
+        let c = load(&["--config", path, "--width", "1920"], &[("LIVEGATE_WIDTH", "800"), ("LIVEGATE_HEIGHT", "1080")])
+            .unwrap();
         assert_eq!(c.video.width, 1920, "flag beats env");
         assert_eq!(c.video.height, 1080, "env beats file");
         assert_eq!(c.video.fps, 15, "file beats default");
         assert_eq!(c.video.bitrate_kbps, 1000);
-        assert_eq!(
-            c.streams[0].source,
-            Source::V4l2 {
-                device: "/dev/video0".into()
-            }
-        );
+        assert_eq!(c.streams[0].source, Source::V4l2 { device: "/dev/video0".into() });
         let c = load(&[], &[("LIVEGATE_CONFIG", path)]).unwrap();
         assert_eq!(c.video.width, 640, "LIVEGATE_CONFIG names the file");
     }
@@ -811,10 +654,7 @@ mod tests {
         let c = load(
             &[],
             &[
-                (
-                    "LIVEGATE_STREAM",
-                    "a=test; b=gst:videotestsrc is-live=true ! video/x-raw,width=320",
-                ),
+                ("LIVEGATE_STREAM", "a=test; b=gst:videotestsrc is-live=true ! video/x-raw,width=320"),
                 ("LIVEGATE_LATENCY_STRIP", "true"),
                 ("LIVEGATE_NO_TLS", "true"),
             ],
@@ -823,9 +663,7 @@ mod tests {
         assert_eq!(c.streams.len(), 2);
         assert_eq!(
             c.streams[1].source,
-            Source::Gst {
-                launch: "videotestsrc is-live=true ! video/x-raw,width=320".into()
-            }
+            Source::Gst { launch: "videotestsrc is-live=true ! video/x-raw,width=320".into() }
         );
         assert!(c.latency_strip);
         assert_eq!(c.tls, TlsMode::Off);
@@ -835,21 +673,10 @@ mod tests {
 
     #[test]
     fn stream_forms() {
-        let file =
-            write_toml("stream = [\"one=test\", { name = \"two\", source = \"rtsp://cam/1\" }]\n");
+        let file = write_toml("stream = [\"one=test\", { name = \"two\", source = \"rtsp://cam/1\" }]\n");
         let c = load(&["--config", file.path().to_str().unwrap()], &[]).unwrap();
-        assert_eq!(
-            c.streams[1].source,
-            Source::Rtsp {
-                url: "rtsp://cam/1".into()
-            }
-        );
-        assert_eq!(
-            "f=file:/x.mp4".parse::<StreamSpec>().unwrap().source,
-            Source::File {
-                path: "/x.mp4".into()
-            }
-        );
+        assert_eq!(c.streams[1].source, Source::Rtsp { url: "rtsp://cam/1".into() });
+        assert_eq!("f=file:/x.mp4".parse::<StreamSpec>().unwrap().source, Source::File { path: "/x.mp4".into() });
     }
 
     #[test]
@@ -857,42 +684,27 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--stream", "cam=usb0"], "accepted: one of test, v4l2:"),
             (&["--stream", "bad name=test"], ACCEPTED_STREAM_NAMES),
-            (
-                &["--stream", "a=test", "--stream", "a=test"],
-                "each stream name once",
-            ),
+            (&["--stream", "a=test", "--stream", "a=test"], "each stream name once"),
             (&["--width", "641"], "`width`"),
             (&["--fps", "0"], "1 to 120"),
             (&["--bitrate", "fast"], ACCEPTED_BITRATES),
             (&["--bitrate", "10"], "out of range"),
             (&["--webrtc-ports", "6000-5000"], "LOW-HIGH"),
             (&["--tls-cert", "/c.pem"], "`tls_key`"),
-            (
-                &["--no-tls", "--tls-cert", "/c", "--tls-key", "/k"],
-                "not both",
-            ),
+            (&["--no-tls", "--tls-cert", "/c", "--tls-key", "/k"], "not both"),
             (&["--max-viewers", "0"], "at least 1"),
             (&["--ice-server", "http://x"], "stun:HOST"),
             (&["--encoder", "magic"], "x264"),
             (&["--public-ip", "0.0.0.0"], "`public_ip`"),
         ];
         for (args, expected) in cases {
-            let err = load(args, &[])
-                .expect_err(&format!("{args:?} must be rejected"))
-                .to_string();
-            assert!(
-                err.contains(expected),
-                "{args:?}: {err:?} should mention {expected:?}"
-            );
+            let err = load(args, &[]).expect_err(&format!("{args:?} must be rejected")).to_string();
+            assert!(err.contains(expected), "{args:?}: {err:?} should mention {expected:?}");
         }
-        let err = load(&[], &[("LIVEGATE_FPS", "many")])
-            .unwrap_err()
-            .to_string();
+        let err = load(&[], &[("LIVEGATE_FPS", "many")]).unwrap_err().to_string();
         assert!(err.contains("LIVEGATE_") && err.contains("many"), "{err}");
         let file = write_toml("colour = \"blue\"\n");
-        let err = load(&["--config", file.path().to_str().unwrap()], &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(&["--config", file.path().to_str().unwrap()], &[]).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
 
@@ -902,9 +714,7 @@ mod tests {
         assert_eq!("2500k".parse::<Bitrate>().unwrap().kbps, 2500);
         assert_eq!("1500000".parse::<Bitrate>().unwrap().kbps, 1500);
         assert_eq!("50000-50000".parse::<PortRange>().unwrap().len(), 1);
-        let turn: IceServer = "turn:alice:secret@turn.example.org:3478?transport=udp"
-            .parse()
-            .unwrap();
+        let turn: IceServer = "turn:alice:secret@turn.example.org:3478?transport=udp".parse().unwrap();
         assert_eq!(turn.urls, vec!["turn:turn.example.org:3478?transport=udp"]);
         assert_eq!(turn.username.as_deref(), Some("alice"));
         assert_eq!(turn.credential.as_deref(), Some("secret"));

@@ -43,8 +43,7 @@ impl webrtc::Feed for MediaStream {
 
 impl signalling::Feeds for Media {
     fn feed(&self, stream: &str) -> Option<Arc<dyn webrtc::Feed>> {
-        self.stream(stream)
-            .map(|s| s.clone() as Arc<dyn webrtc::Feed>)
+        self.stream(stream).map(|s| s.clone() as Arc<dyn webrtc::Feed>)
     }
 }
 
@@ -55,11 +54,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stop = CancellationToken::new();
 
     // TLS first: a broken certificate must stop us before anything starts.
-    let tls = http::tls::load(&config.tls, &config.state_dir, stop.clone())
-        .await
-        .context("TLS setup failed")?;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let tls = http::tls::load(&config.tls, &config.state_dir, stop.clone()).await.context("TLS setup failed")?;
+    let listener =
+        std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
 
@@ -75,35 +72,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .context("media setup failed")?,
     );
-    let webrtc = Arc::new(
-        webrtc::WebRtc::new(config.webrtc.clone(), stop.clone()).context("WebRTC setup failed")?,
-    );
-    let signalling = Arc::new(signalling::Signalling {
-        webrtc: webrtc.clone(),
-        feeds: media.clone(),
-    });
-    let state = Arc::new(http::AppState {
-        config: config.clone(),
-        media: media.clone(),
-        webrtc: webrtc.clone(),
-    });
+    let webrtc = Arc::new(webrtc::WebRtc::new(config.webrtc.clone(), stop.clone()).context("WebRTC setup failed")?);
+    let signalling = Arc::new(signalling::Signalling { webrtc: webrtc.clone(), feeds: media.clone() });
+    let state = Arc::new(http::AppState { config: config.clone(), media: media.clone(), webrtc: webrtc.clone() });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");
 
-    let server = tokio::spawn(http::serve(
-        http::router(state, signalling),
-        listener,
-        tls,
-        stop.clone(),
-    ));
+    let server = tokio::spawn(http::serve(http::router(state, signalling), listener, tls, stop.clone()));
     shutdown.await;
     tracing::info!("shutting down");
     webrtc.close_all().await;
     stop.cancel();
-    server
-        .await
-        .context("HTTP server task failed")?
-        .context("HTTP server failed")?;
+    server.await.context("HTTP server task failed")?.context("HTTP server failed")?;
     media.stopped().await;
     drop(media);
     tracing::info!("stopped");

@@ -17,17 +17,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(loaded.config.log_format);
-    livegate::run(loaded.config, shutdown_signal())
-        .await
-        .context("livegate stopped with an error")
+    livegate::run(loaded.config, shutdown_signal()).await.context("livegate stopped with an error")
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,webrtc=warn,rtc=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -36,8 +31,7 @@ fn init_tracing(format: LogFormat) {
 
 /// Completes on SIGTERM (Kubernetes, systemd) or ctrl-c.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -66,10 +66,7 @@ pub struct ClientConfig<'a> {
 
 /// What the player needs to know to connect: the ICE servers.
 pub async fn client_config(State(state): State<Arc<AppState>>) -> Response {
-    Json(ClientConfig {
-        ice_servers: &state.config.webrtc.ice_servers,
-    })
-    .into_response()
+    Json(ClientConfig { ice_servers: &state.config.webrtc.ice_servers }).into_response()
 }
 
 pub async fn healthz() -> &'static str {
@@ -80,18 +77,8 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let streams = streams_info(&state);
     let ready = streams.iter().all(|s| s.state == StreamState::Playing);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let summary: Vec<_> = streams
-        .iter()
-        .map(|s| serde_json::json!({"name": s.name, "state": s.state, "error": s.error}))
-        .collect();
-    (
-        status,
-        Json(serde_json::json!({ "ready": ready, "streams": summary })),
-    )
-        .into_response()
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let summary: Vec<_> =
+        streams.iter().map(|s| serde_json::json!({"name": s.name, "state": s.state, "error": s.error})).collect();
+    (status, Json(serde_json::json!({ "ready": ready, "streams": summary }))).into_response()
 }

@@ -12,17 +12,13 @@ const RETRY_AFTER_SECONDS: &str = "5";
 impl IntoResponse for SignallingError {
     fn into_response(self) -> Response {
         let status = match &self {
-            SignallingError::UnknownStream(_) | SignallingError::UnknownSession { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            SignallingError::UnknownStream(_) | SignallingError::UnknownSession { .. } => StatusCode::NOT_FOUND,
             SignallingError::NotSdp(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             SignallingError::NotText | SignallingError::Offer(_) => StatusCode::BAD_REQUEST,
-            SignallingError::WebRtc(
-                WebRtcError::TooManyViewers { .. } | WebRtcError::NoFreePort { .. },
-            ) => StatusCode::SERVICE_UNAVAILABLE,
-            SignallingError::WebRtc(WebRtcError::Offer(_) | WebRtcError::Candidate { .. }) => {
-                StatusCode::BAD_REQUEST
+            SignallingError::WebRtc(WebRtcError::TooManyViewers { .. } | WebRtcError::NoFreePort { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
+            SignallingError::WebRtc(WebRtcError::Offer(_) | WebRtcError::Candidate { .. }) => StatusCode::BAD_REQUEST,
             SignallingError::WebRtc(WebRtcError::Setup(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -30,17 +26,10 @@ impl IntoResponse for SignallingError {
         } else {
             tracing::debug!(error = %self, "request rejected");
         }
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{self}\n"),
-        )
-            .into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                RETRY_AFTER_SECONDS.parse().expect("valid header"),
-            );
+            response.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.parse().expect("valid header"));
         }
         response
     }
@@ -48,10 +37,5 @@ impl IntoResponse for SignallingError {
 
 /// A plain-text error answer.
 pub fn text(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{}\n", message.into()),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", message.into())).into_response()
 }

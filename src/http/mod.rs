@@ -31,31 +31,15 @@ pub fn router(state: Arc<AppState>, signalling: Arc<Signalling>) -> Router {
     // WHEP players and hls.js pages are often served from another origin.
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::DELETE,
-            Method::PATCH,
-            Method::OPTIONS,
-        ])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            HeaderName::from_static("if-match"),
-        ])
-        .expose_headers([
-            header::LOCATION,
-            header::LINK,
-            HeaderName::from_static("accept-post"),
-        ]);
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("if-match")])
+        .expose_headers([header::LOCATION, header::LINK, HeaderName::from_static("accept-post")]);
     let signalling_routes = Router::new()
         .route("/ws/{stream}", get(ws::upgrade))
         .route("/whep/{stream}", post(whep::offer).options(whep::options))
         .route(
             "/whep/{stream}/{session}",
-            axum::routing::delete(whep::delete)
-                .patch(whep::patch)
-                .options(whep::options),
+            axum::routing::delete(whep::delete).patch(whep::patch).options(whep::options),
         )
         .with_state(signalling);
     Router::new()
@@ -85,17 +69,7 @@ pub async fn serve(
     });
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
-        Some(tls) => {
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle)
-                .serve(service)
-                .await
-        }
-        None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await
-        }
+        Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(service).await,
+        None => axum_server::from_tcp(listener).handle(handle).serve(service).await,
     }
 }

@@ -13,11 +13,7 @@ use crate::config::TlsMode;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("TLS certificate {cert} / key {key}: {reason}")]
-    Load {
-        cert: PathBuf,
-        key: PathBuf,
-        reason: String,
-    },
+    Load { cert: PathBuf, key: PathBuf, reason: String },
     #[error("cannot create the self-signed certificate in {dir}: {reason}")]
     SelfSigned { dir: PathBuf, reason: String },
 }
@@ -50,13 +46,11 @@ pub async fn load(
 async fn load_files(cert: &Path, key: &Path) -> Result<RustlsConfig, TlsError> {
     let pem = read_pair(cert, key)?;
     let fingerprint = fingerprint(&pem.0);
-    let config = RustlsConfig::from_pem(pem.0, pem.1)
-        .await
-        .map_err(|err| TlsError::Load {
-            cert: cert.into(),
-            key: key.into(),
-            reason: err.to_string(),
-        })?;
+    let config = RustlsConfig::from_pem(pem.0, pem.1).await.map_err(|err| TlsError::Load {
+        cert: cert.into(),
+        key: key.into(),
+        reason: err.to_string(),
+    })?;
     tracing::info!(cert = %cert.display(), sha256 = %fingerprint, "TLS certificate loaded");
     Ok(config)
 }
@@ -75,28 +69,16 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
 /// SHA-256 of the first certificate in a PEM chain, as browsers show it.
 pub fn fingerprint(cert_pem: &[u8]) -> String {
     let der = rustls_pemfile_first_cert(cert_pem).unwrap_or_default();
-    Sha256::digest(&der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    Sha256::digest(&der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 fn rustls_pemfile_first_cert(pem: &[u8]) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .next()?
-        .ok()
-        .map(|c| c.to_vec())
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).next()?.ok().map(|c| c.to_vec())
 }
 
 /// Polls the files: a Secret update swaps a symlink, which no inotify watch on the file sees.
-async fn reload_on_change(
-    config: RustlsConfig,
-    cert: PathBuf,
-    key: PathBuf,
-    shutdown: CancellationToken,
-) {
+async fn reload_on_change(config: RustlsConfig, cert: PathBuf, key: PathBuf, shutdown: CancellationToken) {
     let mut loaded = read_pair(&cert, &key).ok();
     loop {
         tokio::select! {
@@ -109,10 +91,7 @@ async fn reload_on_change(
         if loaded.as_ref() == Some(&current) {
             continue;
         }
-        match config
-            .reload_from_pem(current.0.clone(), current.1.clone())
-            .await
-        {
+        match config.reload_from_pem(current.0.clone(), current.1.clone()).await {
             Ok(()) => {
                 tracing::info!(cert = %cert.display(), sha256 = %fingerprint(&current.0), "TLS certificate reloaded");
                 loaded = Some(current);
@@ -133,26 +112,17 @@ fn self_signed(state_dir: &Path, extra_names: &[String]) -> Result<(PathBuf, Pat
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    let fail = |reason: String| TlsError::SelfSigned {
-        dir: state_dir.into(),
-        reason,
-    };
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
+    let fail = |reason: String| TlsError::SelfSigned { dir: state_dir.into(), reason };
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     if let Some(host) = hostname() {
         names.push(host);
     }
     names.extend(extra_names.iter().cloned());
     names.dedup();
-    let generated =
-        rcgen::generate_simple_self_signed(names.clone()).map_err(|e| fail(e.to_string()))?;
+    let generated = rcgen::generate_simple_self_signed(names.clone()).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(state_dir).map_err(|e| fail(e.to_string()))?;
     std::fs::write(&cert, generated.cert.pem()).map_err(|e| fail(e.to_string()))?;
-    write_private(&key, generated.signing_key.serialize_pem().as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
+    write_private(&key, generated.signing_key.serialize_pem().as_bytes()).map_err(|e| fail(e.to_string()))?;
     tracing::info!(cert = %cert.display(), ?names, "self-signed certificate created");
     Ok((cert, key))
 }
@@ -160,18 +130,9 @@ fn self_signed(state_dir: &Path, extra_names: &[String]) -> Result<(PathBuf, Pat
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(contents)
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(contents)
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
 }

@@ -31,13 +31,7 @@ pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
     match body {
         Some(body) => {
             let mime = mime_guess::from_path(&relative).first_or_octet_stream();
-            (
-                [
-                    (header::CONTENT_TYPE, mime.as_ref().to_owned()),
-                    (header::CACHE_CONTROL, "no-cache".to_owned()),
-                ],
-                body,
-            )
+            ([(header::CONTENT_TYPE, mime.as_ref().to_owned()), (header::CACHE_CONTROL, "no-cache".to_owned())], body)
                 .into_response()
         }
         None => text(StatusCode::NOT_FOUND, format!("no such page: /{path}")),
@@ -47,7 +41,5 @@ pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
 /// A path that stays inside the folder it is joined to.
 pub fn safe_relative(path: &str) -> Option<PathBuf> {
     let path = Path::new(path);
-    path.components()
-        .all(|c| matches!(c, Component::Normal(_)))
-        .then(|| path.to_owned())
+    path.components().all(|c| matches!(c, Component::Normal(_))).then(|| path.to_owned())
 }

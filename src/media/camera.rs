@@ -83,9 +83,7 @@ pub fn modes(caps: &gst::CapsRef) -> Vec<CameraMode> {
                 if let Ok(f) = v.get::<gst::Fraction>() {
                     vec![f]
                 } else if let Ok(list) = v.get::<gst::List>() {
-                    list.iter()
-                        .filter_map(|f| f.get::<gst::Fraction>().ok())
-                        .collect()
+                    list.iter().filter_map(|f| f.get::<gst::Fraction>().ok()).collect()
                 } else if let Ok(range) = v.get::<gst::FractionRange>() {
                     vec![range.max()]
                 } else {
@@ -94,17 +92,7 @@ pub fn modes(caps: &gst::CapsRef) -> Vec<CameraMode> {
             }
             Err(_) => continue,
         };
-        modes.extend(
-            rates
-                .into_iter()
-                .filter(|f| f.numer() > 0)
-                .map(|fps| CameraMode {
-                    format,
-                    width,
-                    height,
-                    fps,
-                }),
-        );
+        modes.extend(rates.into_iter().filter(|f| f.numer() > 0).map(|fps| CameraMode { format, width, height, fps }));
     }
     modes
 }
@@ -118,16 +106,9 @@ pub fn choose(caps: &gst::CapsRef, width: u32, height: u32, fps: u32) -> Option<
         let key = |m: &CameraMode| {
             let covers_size = m.width >= w && m.height >= h;
             let covers_rate = m.fps_f64() + 0.01 >= fps;
-            let area_distance =
-                (i64::from(m.width) * i64::from(m.height) - i64::from(w) * i64::from(h)).abs();
+            let area_distance = (i64::from(m.width) * i64::from(m.height) - i64::from(w) * i64::from(h)).abs();
             let rate_distance = ((m.fps_f64() - fps).abs() * 1000.0) as i64;
-            (
-                !covers_size,
-                !covers_rate,
-                area_distance,
-                rate_distance,
-                m.format.needs_jpeg_decoder(),
-            )
+            (!covers_size, !covers_rate, area_distance, rate_distance, m.format.needs_jpeg_decoder())
         };
         key(a).cmp(&key(b))
     })
@@ -156,19 +137,13 @@ mod tests {
             (mode.format, mode.width, mode.height, mode.fps),
             (CameraFormat::Mjpeg, 1280, 720, gst::Fraction::new(30, 1))
         );
-        assert_eq!(
-            mode.caps().to_string(),
-            "image/jpeg, width=(int)1280, height=(int)720, framerate=(fraction)30/1"
-        );
+        assert_eq!(mode.caps().to_string(), "image/jpeg, width=(int)1280, height=(int)720, framerate=(fraction)30/1");
     }
 
     #[test]
     fn prefers_raw_when_it_fits() {
         let mode = choose(&webcam_caps(), 640, 480, 30).unwrap();
-        assert_eq!(
-            (mode.format, mode.width, mode.fps),
-            (CameraFormat::Yuy2, 640, gst::Fraction::new(30, 1))
-        );
+        assert_eq!((mode.format, mode.width, mode.fps), (CameraFormat::Yuy2, 640, gst::Fraction::new(30, 1)));
     }
 
     #[test]
@@ -180,9 +155,7 @@ mod tests {
     #[test]
     fn nothing_usable() {
         gst::init().unwrap();
-        let caps: gst::Caps = "video/x-raw, format=BGRx, width=640, height=480, framerate=30/1"
-            .parse()
-            .unwrap();
+        let caps: gst::Caps = "video/x-raw, format=BGRx, width=640, height=480, framerate=30/1".parse().unwrap();
         assert_eq!(choose(&caps, 640, 480, 30), None);
     }
 }

@@ -7,17 +7,11 @@ use super::MediaError;
 use crate::config::{EncoderChoice, VideoSettings};
 
 /// Caps every encoder must produce: what browsers decode in hardware and what we advertise.
-pub const H264_CAPS: &str =
-    "video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au";
+pub const H264_CAPS: &str = "video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au";
 
 /// Hardware encoders tried by `auto`, best first, then the software fallback.
-const AUTO_ORDER: [EncoderChoice; 5] = [
-    EncoderChoice::Nvh264,
-    EncoderChoice::Va,
-    EncoderChoice::Vaapi,
-    EncoderChoice::V4l2,
-    EncoderChoice::X264,
-];
+const AUTO_ORDER: [EncoderChoice; 5] =
+    [EncoderChoice::Nvh264, EncoderChoice::Va, EncoderChoice::Vaapi, EncoderChoice::V4l2, EncoderChoice::X264];
 
 fn factory(choice: EncoderChoice) -> &'static str {
     match choice {
@@ -86,10 +80,7 @@ pub fn resolve(choice: EncoderChoice, video: &VideoSettings) -> Result<EncoderCh
             Err(err) => tracing::debug!(%err, "encoder not usable"),
         }
     }
-    Err(MediaError::EncoderUnavailable {
-        encoder: "x264enc",
-        reason: "install gstreamer1.0-plugins-ugly".into(),
-    })
+    Err(MediaError::EncoderUnavailable { encoder: "x264enc", reason: "install gstreamer1.0-plugins-ugly".into() })
 }
 
 /// Encodes a few small frames to EOS: present is not enough, a hardware encoder without its
@@ -102,47 +93,29 @@ fn probe(choice: EncoderChoice, video: &VideoSettings) -> Result<(), MediaError>
             reason: "its GStreamer element is not installed".into(),
         });
     }
-    let unusable = |reason: String| MediaError::EncoderUnavailable {
-        encoder: name,
-        reason,
-    };
+    let unusable = |reason: String| MediaError::EncoderUnavailable { encoder: name, reason };
     let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("videotestsrc")
-        .property("num-buffers", 3i32)
-        .build();
+    let src = gst::ElementFactory::make("videotestsrc").property("num-buffers", 3i32).build();
     let caps = gst::ElementFactory::make("capsfilter")
         .property(
             "caps",
-            gst::Caps::builder("video/x-raw")
-                .field("format", "I420")
-                .field("width", 320)
-                .field("height", 240)
-                .build(),
+            gst::Caps::builder("video/x-raw").field("format", "I420").field("width", 320).field("height", 240).build(),
         )
         .build();
     let encoder = make(choice, video)?;
-    let out = gst::ElementFactory::make("capsfilter")
-        .property("caps", H264_CAPS.parse::<gst::Caps>().unwrap())
-        .build();
+    let out = gst::ElementFactory::make("capsfilter").property("caps", H264_CAPS.parse::<gst::Caps>().unwrap()).build();
     let sink = gst::ElementFactory::make("fakesink").build();
     let (Ok(src), Ok(caps), Ok(out), Ok(sink)) = (src, caps, out, sink) else {
         return Err(unusable("core elements missing".into()));
     };
     let elements = [&src, &caps, &encoder, &out, &sink];
-    pipeline
-        .add_many(elements)
-        .map_err(|e| unusable(e.to_string()))?;
-    gst::Element::link_many(elements)
-        .map_err(|e| unusable(format!("cannot produce {H264_CAPS}: {e}")))?;
+    pipeline.add_many(elements).map_err(|e| unusable(e.to_string()))?;
+    gst::Element::link_many(elements).map_err(|e| unusable(format!("cannot produce {H264_CAPS}: {e}")))?;
     let result = (|| {
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| unusable(e.to_string()))?;
+        pipeline.set_state(gst::State::Playing).map_err(|e| unusable(e.to_string()))?;
         let bus = pipeline.bus().expect("a pipeline has a bus");
-        match bus.timed_pop_filtered(
-            gst::ClockTime::from_seconds(5),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        ) {
+        match bus.timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Eos, gst::MessageType::Error])
+        {
             Some(msg) => match msg.view() {
                 gst::MessageView::Eos(_) => Ok(()),
                 gst::MessageView::Error(err) => Err(unusable(err.error().to_string())),

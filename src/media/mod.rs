@@ -27,15 +27,9 @@ pub enum MediaError {
     #[error("GStreamer failed to initialise: {0}")]
     Init(String),
     #[error("GStreamer element {factory} is missing: install {package}")]
-    MissingElement {
-        factory: &'static str,
-        package: &'static str,
-    },
+    MissingElement { factory: &'static str, package: &'static str },
     #[error("encoder {encoder} is not usable: {reason}")]
-    EncoderUnavailable {
-        encoder: &'static str,
-        reason: String,
-    },
+    EncoderUnavailable { encoder: &'static str, reason: String },
     #[error("camera {device}: {reason}")]
     Camera { device: String, reason: String },
     #[error("stream {stream}: source does not build: {reason}")]
@@ -47,10 +41,7 @@ pub enum MediaError {
     #[error("stream {stream}: {reason}")]
     Runtime { stream: String, reason: String },
     #[error("HLS folder {path}: {source}")]
-    HlsDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    HlsDir { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,9 +123,7 @@ impl MediaStream {
     }
 
     fn on_packet(&self, packet: Bytes) {
-        if self.packets_sent.fetch_add(1, Ordering::Relaxed) == 0
-            || self.status().0 != StreamState::Playing
-        {
+        if self.packets_sent.fetch_add(1, Ordering::Relaxed) == 0 || self.status().0 != StreamState::Playing {
             self.set_status(StreamState::Playing, None);
         }
         // No receivers is not an error: nobody is watching over WebRTC.
@@ -142,12 +131,7 @@ impl MediaStream {
     }
 
     /// Runs the stream until `shutdown`, rebuilding the pipeline after any failure.
-    async fn supervise(
-        self: Arc<Self>,
-        encoder: EncoderChoice,
-        latency_strip: bool,
-        shutdown: CancellationToken,
-    ) {
+    async fn supervise(self: Arc<Self>, encoder: EncoderChoice, latency_strip: bool, shutdown: CancellationToken) {
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let started = Instant::now();
@@ -157,10 +141,7 @@ impl MediaStream {
             };
             *self.running.lock().expect("pipeline lock") = None;
             let err = match outcome {
-                Ok(()) => MediaError::Runtime {
-                    stream: self.name.clone(),
-                    reason: "source ended".into(),
-                },
+                Ok(()) => MediaError::Runtime { stream: self.name.clone(), reason: "source ended".into() },
                 Err(err) => err,
             };
             tracing::warn!(stream = %self.name, error = %err, retry_in = ?backoff, "stream stopped; restarting");
@@ -179,37 +160,21 @@ impl MediaStream {
     }
 
     /// One pipeline's life: build, play, and wait for the end of stream or an error.
-    async fn run_once(
-        self: Arc<Self>,
-        encoder: EncoderChoice,
-        latency_strip: bool,
-    ) -> Result<(), MediaError> {
+    async fn run_once(self: Arc<Self>, encoder: EncoderChoice, latency_strip: bool) -> Result<(), MediaError> {
         // A restart starts a fresh playlist; old segments would only confuse players.
         let _ = std::fs::remove_dir_all(&self.hls_dir);
-        std::fs::create_dir_all(&self.hls_dir).map_err(|source| MediaError::HlsDir {
-            path: self.hls_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&self.hls_dir)
+            .map_err(|source| MediaError::HlsDir { path: self.hls_dir.clone(), source })?;
         let this = self.clone();
         let setup = tokio::task::spawn_blocking(move || {
-            let settings = PipelineSettings {
-                video: &this.video,
-                encoder,
-                latency_strip,
-                hls_dir: &this.hls_dir,
-            };
+            let settings = PipelineSettings { video: &this.video, encoder, latency_strip, hls_dir: &this.hls_dir };
             let sink = this.clone();
-            let pipeline = StreamPipeline::build(&this.name, &this.source, &settings, move |p| {
-                sink.on_packet(p)
-            })?;
+            let pipeline = StreamPipeline::build(&this.name, &this.source, &settings, move |p| sink.on_packet(p))?;
             pipeline.play()?;
             Ok::<_, MediaError>(pipeline)
         })
         .await
-        .map_err(|err| MediaError::Runtime {
-            stream: self.name.clone(),
-            reason: err.to_string(),
-        })?;
+        .map_err(|err| MediaError::Runtime { stream: self.name.clone(), reason: err.to_string() })?;
         let pipeline = Arc::new(setup?);
         let mut messages = pipeline.bus().stream();
         *self.running.lock().expect("pipeline lock") = Some(pipeline.clone());
@@ -266,38 +231,19 @@ impl Media {
                 let dir = tempfile::Builder::new()
                     .prefix("livegate-hls-")
                     .tempdir()
-                    .map_err(|source| MediaError::HlsDir {
-                        path: std::env::temp_dir(),
-                        source,
-                    })?;
+                    .map_err(|source| MediaError::HlsDir { path: std::env::temp_dir(), source })?;
                 (dir.path().to_owned(), Some(dir))
             }
         };
-        std::fs::create_dir_all(&hls_root).map_err(|source| MediaError::HlsDir {
-            path: hls_root.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&hls_root).map_err(|source| MediaError::HlsDir { path: hls_root.clone(), source })?;
+        tracing::info!(hls_dir = %hls_root.display(), temporary = temporary.is_some(), "HLS output folder");
 
-        let streams: Vec<_> = specs
-            .iter()
-            .map(|spec| Arc::new(MediaStream::new(spec, video, &hls_root)))
-            .collect();
+        let streams: Vec<_> = specs.iter().map(|spec| Arc::new(MediaStream::new(spec, video, &hls_root))).collect();
         let tasks = streams
             .iter()
-            .map(|stream| {
-                tokio::spawn(
-                    stream
-                        .clone()
-                        .supervise(encoder, latency_strip, shutdown.clone()),
-                )
-            })
+            .map(|stream| tokio::spawn(stream.clone().supervise(encoder, latency_strip, shutdown.clone())))
             .collect();
-        Ok(Media {
-            streams,
-            hls_root,
-            _temporary_hls: temporary,
-            tasks: Mutex::new(tasks),
-        })
+        Ok(Media { streams, hls_root, _temporary_hls: temporary, tasks: Mutex::new(tasks) })
     }
 
     pub fn stream(&self, name: &str) -> Option<&Arc<MediaStream>> {

@@ -36,18 +36,15 @@ pub struct StreamPipeline {
 }
 
 fn make(factory: &'static str, name: &str) -> Result<gst::Element, MediaError> {
-    gst::ElementFactory::make(factory)
-        .name(name)
-        .build()
-        .map_err(|_| MediaError::MissingElement {
-            factory,
-            package: match factory {
-                "x264enc" => "gstreamer1.0-plugins-ugly",
-                "hlssink2" | "h264parse" => "gstreamer1.0-plugins-bad",
-                "rtph264pay" => "gstreamer1.0-plugins-good",
-                _ => "gstreamer1.0-plugins-base",
-            },
-        })
+    gst::ElementFactory::make(factory).name(name).build().map_err(|_| MediaError::MissingElement {
+        factory,
+        package: match factory {
+            "x264enc" => "gstreamer1.0-plugins-ugly",
+            "hlssink2" | "h264parse" => "gstreamer1.0-plugins-bad",
+            "rtph264pay" => "gstreamer1.0-plugins-good",
+            _ => "gstreamer1.0-plugins-base",
+        },
+    })
 }
 
 fn queue(name: &str) -> Result<gst::Element, MediaError> {
@@ -70,28 +67,22 @@ impl StreamPipeline {
     ) -> Result<StreamPipeline, MediaError> {
         let video = settings.video;
         let (description, capture_clock) = source::describe(source, video)?;
-        let source_bin = gst::parse::bin_from_description(&description, true).map_err(|err| {
-            MediaError::Source {
-                stream: stream.into(),
-                reason: format!("{err} (in `{description}`)"),
-            }
+        let source_bin = gst::parse::bin_from_description(&description, true).map_err(|err| MediaError::Source {
+            stream: stream.into(),
+            reason: format!("{err} (in `{description}`)"),
         })?;
         source_bin.set_property("name", "source");
 
         let pipeline = gst::Pipeline::with_name(stream);
         // The strip carries wall-clock capture times, so running time must map to wall time.
-        let realtime: gst::SystemClock = gst::glib::Object::builder()
-            .property("clock-type", gst::ClockType::Realtime)
-            .build();
+        let realtime: gst::SystemClock =
+            gst::glib::Object::builder().property("clock-type", gst::ClockType::Realtime).build();
         pipeline.use_clock(Some(&realtime));
 
         let strip_tap = make("identity", "strip")?;
         let encoder = encoder::make(settings.encoder, video)?;
         let h264_caps = make("capsfilter", "h264caps")?;
-        h264_caps.set_property(
-            "caps",
-            encoder::H264_CAPS.parse::<gst::Caps>().expect("valid caps"),
-        );
+        h264_caps.set_property("caps", encoder::H264_CAPS.parse::<gst::Caps>().expect("valid caps"));
         let parse = make("h264parse", "parse")?;
         parse.set_property("config-interval", -1i32);
         let tee = make("tee", "tee")?;
@@ -99,17 +90,8 @@ impl StreamPipeline {
         let hls_queue = queue("hls-queue")?;
         let hls = make("hlssink2", "hls")?;
         let started = strip::unix_now_ms();
-        hls.set_property(
-            "location",
-            settings
-                .hls_dir
-                .join(format!("segment-{started}-%05d.ts"))
-                .to_str(),
-        );
-        hls.set_property(
-            "playlist-location",
-            settings.hls_dir.join(HLS_PLAYLIST).to_str(),
-        );
+        hls.set_property("location", settings.hls_dir.join(format!("segment-{started}-%05d.ts")).to_str());
+        hls.set_property("playlist-location", settings.hls_dir.join(HLS_PLAYLIST).to_str());
         hls.set_property("target-duration", HLS_SEGMENT_SECONDS);
         hls.set_property("playlist-length", 6u32);
         hls.set_property("max-files", 12u32);
@@ -140,28 +122,14 @@ impl StreamPipeline {
             )
             .build();
 
-        let chain = [
-            source_bin.upcast_ref(),
-            &strip_tap,
-            &encoder,
-            &h264_caps,
-            &parse,
-            &tee,
-        ];
+        let chain = [source_bin.upcast_ref(), &strip_tap, &encoder, &h264_caps, &parse, &tee];
         pipeline
             .add_many(chain)
-            .and_then(|_| {
-                pipeline.add_many([&hls_queue, &hls, &rtp_queue, &pay, appsink.upcast_ref()])
-            })
-            .map_err(|err| MediaError::Link {
-                stream: stream.into(),
-                reason: err.to_string(),
-            })?;
+            .and_then(|_| pipeline.add_many([&hls_queue, &hls, &rtp_queue, &pay, appsink.upcast_ref()]))
+            .map_err(|err| MediaError::Link { stream: stream.into(), reason: err.to_string() })?;
         let link = |elements: &[&gst::Element]| {
-            gst::Element::link_many(elements).map_err(|err| MediaError::Link {
-                stream: stream.into(),
-                reason: err.to_string(),
-            })
+            gst::Element::link_many(elements)
+                .map_err(|err| MediaError::Link { stream: stream.into(), reason: err.to_string() })
         };
         link(&chain)?;
         link(&[&tee, &hls_queue, &hls])?;
@@ -177,9 +145,7 @@ impl StreamPipeline {
         self.pipeline
             .set_state(gst::State::Playing)
             .map(|_| ())
-            .map_err(|_| MediaError::StateChange {
-                stream: self.pipeline.name().to_string(),
-            })
+            .map_err(|_| MediaError::StateChange { stream: self.pipeline.name().to_string() })
     }
 
     pub fn bus(&self) -> gst::Bus {
@@ -188,9 +154,7 @@ impl StreamPipeline {
 
     /// Asks the encoder for a keyframe (with SPS/PPS) as soon as it can.
     pub fn request_keyframe(&self) {
-        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
         self.encoder.send_event(event);
     }
 }
@@ -201,50 +165,26 @@ impl Drop for StreamPipeline {
     }
 }
 
-fn draw_strip_on(
-    element: &gst::Element,
-    video: &VideoSettings,
-    clock: CaptureClock,
-) -> Result<(), MediaError> {
-    let info =
-        gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, video.width, video.height)
-            .build()
-            .map_err(|err| MediaError::Link {
-                stream: "strip".into(),
-                reason: err.to_string(),
-            })?;
+fn draw_strip_on(element: &gst::Element, video: &VideoSettings, clock: CaptureClock) -> Result<(), MediaError> {
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, video.width, video.height)
+        .build()
+        .map_err(|err| MediaError::Link { stream: "strip".into(), reason: err.to_string() })?;
     let info = Arc::new(info);
     let pad = element.static_pad("src").expect("identity has a src pad");
     let _ = pad.add_probe(gst::PadProbeType::BUFFER, move |pad, probe| {
         let unix_ms = match clock {
             CaptureClock::Now => Some(strip::unix_now_ms()),
-            CaptureClock::BufferTime => probe
-                .buffer()
-                .and_then(|buffer| capture_time_ms(pad, buffer)),
+            CaptureClock::BufferTime => probe.buffer().and_then(|buffer| capture_time_ms(pad, buffer)),
         };
         if let (Some(unix_ms), Some(buffer)) = (unix_ms, probe.buffer_mut()) {
             let buffer = buffer.make_mut();
-            if let Ok(mut frame) = gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info)
-            {
-                let strides = frame
-                    .plane_stride()
-                    .iter()
-                    .map(|s| *s as usize)
-                    .collect::<Vec<_>>();
+            if let Ok(mut frame) = gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
+                let strides = frame.plane_stride().iter().map(|s| *s as usize).collect::<Vec<_>>();
                 let [y, u, v, _] = frame.planes_data_mut();
                 strip::draw_i420(
-                    strip::Plane {
-                        data: y,
-                        stride: strides[0],
-                    },
-                    strip::Plane {
-                        data: u,
-                        stride: strides[1],
-                    },
-                    strip::Plane {
-                        data: v,
-                        stride: strides[2],
-                    },
+                    strip::Plane { data: y, stride: strides[0] },
+                    strip::Plane { data: u, stride: strides[1] },
+                    strip::Plane { data: v, stride: strides[2] },
                     info.width(),
                     unix_ms,
                 );

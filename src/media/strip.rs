@@ -14,11 +14,7 @@ pub fn crc8(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |mut crc, byte| {
         crc ^= byte;
         for _ in 0..8 {
-            crc = if crc & 0x80 != 0 {
-                (crc << 1) ^ 0x07
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x80 != 0 { (crc << 1) ^ 0x07 } else { crc << 1 };
         }
         crc
     })
@@ -55,11 +51,7 @@ pub fn draw_i420(y: Plane<'_>, u: Plane<'_>, v: Plane<'_>, width: u32, unix_ms: 
     for row in 0..c {
         let line = &mut y.data[row * y.stride..][..CELLS * c];
         for (cell, pixels) in line.chunks_exact_mut(c).enumerate() {
-            pixels.fill(if bit(&word, cell) {
-                LUMA_ONE
-            } else {
-                LUMA_ZERO
-            });
+            pixels.fill(if bit(&word, cell) { LUMA_ONE } else { LUMA_ZERO });
         }
     }
     // Chroma is subsampled by two both ways; round up so odd cell sizes stay covered.
@@ -83,10 +75,7 @@ pub fn decode_luma(luma: &[u8], stride: usize, width: u32) -> Option<u64> {
         let mut sum = 0u32;
         for row in start..start + half {
             let offset = row * stride + cell * c + start;
-            sum += luma[offset..offset + half]
-                .iter()
-                .map(|&p| u32::from(p))
-                .sum::<u32>();
+            sum += luma[offset..offset + half].iter().map(|&p| u32::from(p)).sum::<u32>();
         }
         if sum / (half * half) as u32 > 128 {
             word[cell / 8] |= 0x80 >> (cell % 8);
@@ -107,9 +96,7 @@ pub fn latency_ms(value: u64, now_ms: u64) -> Option<u64> {
 }
 
 pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -124,10 +111,7 @@ mod tests {
     #[test]
     fn spec_worked_example() {
         assert_eq!(1_795_000_000_123u64 & VALUE_MASK, 695_488_372_347);
-        assert_eq!(
-            encode(1_795_000_000_123),
-            [0xA1, 0xEE, 0x56, 0x5E, 0x7B, 0xD4]
-        );
+        assert_eq!(encode(1_795_000_000_123), [0xA1, 0xEE, 0x56, 0x5E, 0x7B, 0xD4]);
     }
 
     fn frame(width: u32, height: u32, unix_ms: u64) -> (Vec<u8>, usize) {
@@ -137,25 +121,13 @@ mod tests {
         let mut u = vec![30u8; cstride * height as usize / 2];
         let mut v = vec![200u8; cstride * height as usize / 2];
         draw_i420(
-            Plane {
-                data: &mut y,
-                stride,
-            },
-            Plane {
-                data: &mut u,
-                stride: cstride,
-            },
-            Plane {
-                data: &mut v,
-                stride: cstride,
-            },
+            Plane { data: &mut y, stride },
+            Plane { data: &mut u, stride: cstride },
+            Plane { data: &mut v, stride: cstride },
             width,
             unix_ms,
         );
-        assert!(u[..cstride]
-            .iter()
-            .take(CELLS * cell_size(width) / 2)
-            .all(|&p| p == NEUTRAL_CHROMA));
+        assert!(u[..cstride].iter().take(CELLS * cell_size(width) / 2).all(|&p| p == NEUTRAL_CHROMA));
         (y, stride)
     }
 
@@ -164,11 +136,7 @@ mod tests {
         for width in [640, 1280, 1920, 100] {
             let t = 1_795_000_000_123 + u64::from(width);
             let (y, stride) = frame(width, 96, t);
-            assert_eq!(
-                decode_luma(&y, stride, width),
-                Some(t & VALUE_MASK),
-                "width {width}"
-            );
+            assert_eq!(decode_luma(&y, stride, width), Some(t & VALUE_MASK), "width {width}");
         }
     }
 

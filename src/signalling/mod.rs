@@ -40,8 +40,6 @@ pub enum SignallingError {
 
 impl Signalling {
     fn feed(&self, stream: &str) -> Result<Arc<dyn Feed>, SignallingError> {
-        self.feeds
-            .feed(stream)
-            .ok_or_else(|| SignallingError::UnknownStream(stream.into()))
+        self.feeds.feed(stream).ok_or_else(|| SignallingError::UnknownStream(stream.into()))
     }
 }

@@ -63,25 +63,12 @@ mod tests {
 
     #[test]
     fn writes_the_documented_server_messages() {
+        assert_eq!(ServerMessage::Answer { sdp: "v=0".into() }.to_json(), r#"{"type":"answer","sdp":"v=0"}"#);
         assert_eq!(
-            ServerMessage::Answer { sdp: "v=0".into() }.to_json(),
-            r#"{"type":"answer","sdp":"v=0"}"#
-        );
-        assert_eq!(
-            ServerMessage::Candidate {
-                candidate: "candidate:x".into(),
-                sdp_mid: "0".into(),
-                sdp_mline_index: 0
-            }
-            .to_json(),
+            ServerMessage::Candidate { candidate: "candidate:x".into(), sdp_mid: "0".into(), sdp_mline_index: 0 }
+                .to_json(),
             r#"{"type":"candidate","candidate":"candidate:x","sdpMid":"0","sdpMLineIndex":0}"#
         );
-        assert_eq!(
-            ServerMessage::Error {
-                message: "no".into()
-            }
-            .to_json(),
-            r#"{"type":"error","message":"no"}"#
-        );
+        assert_eq!(ServerMessage::Error { message: "no".into() }.to_json(), r#"{"type":"error","message":"no"}"#);
     }
 }

@@ -18,9 +18,7 @@ pub enum OfferError {
     NoVideo,
     #[error("the offer's video section does not accept H.264 with packetization-mode=1 (it offers {offered}); {WHAT_WE_SEND}")]
     NoH264 { offered: String },
-    #[error(
-        "the offer's video section is {direction}: it must be able to receive; {WHAT_WE_SEND}"
-    )]
+    #[error("the offer's video section is {direction}: it must be able to receive; {WHAT_WE_SEND}")]
     CannotReceive { direction: String },
 }
 
@@ -42,20 +40,11 @@ pub fn check_offer(sdp: &str) -> Result<VideoSection, OfferError> {
         .ok_or(OfferError::NoVideo)?;
     for direction in ["sendonly", "inactive"] {
         if video.attribute(direction).is_some() {
-            return Err(OfferError::CannotReceive {
-                direction: direction.into(),
-            });
+            return Err(OfferError::CannotReceive { direction: direction.into() });
         }
     }
-    fn attribute_values<'a>(
-        video: &'a MediaDescription,
-        key: &'a str,
-    ) -> impl Iterator<Item = &'a str> {
-        video
-            .attributes
-            .iter()
-            .filter(move |a| a.key == key)
-            .filter_map(|a| a.value.as_deref())
+    fn attribute_values<'a>(video: &'a MediaDescription, key: &'a str) -> impl Iterator<Item = &'a str> {
+        video.attributes.iter().filter(move |a| a.key == key).filter_map(|a| a.value.as_deref())
     }
     let h264_payload_types: Vec<&str> = attribute_values(video, "rtpmap")
         .filter_map(|v| v.split_once(' '))
@@ -65,30 +54,16 @@ pub fn check_offer(sdp: &str) -> Result<VideoSection, OfferError> {
     let packetization_mode_1 = |pt: &str| {
         attribute_values(video, "fmtp")
             .filter_map(|v| v.split_once(' '))
-            .any(|(fmt, params)| {
-                fmt == pt
-                    && params
-                        .split(';')
-                        .any(|p| p.trim() == "packetization-mode=1")
-            })
+            .any(|(fmt, params)| fmt == pt && params.split(';').any(|p| p.trim() == "packetization-mode=1"))
     };
     if !h264_payload_types.iter().any(|pt| packetization_mode_1(pt)) {
-        let offered: Vec<&str> = attribute_values(video, "rtpmap")
-            .filter_map(|v| v.split_once(' '))
-            .map(|(_, c)| c)
-            .collect();
-        let offered = if offered.is_empty() {
-            "nothing".to_owned()
-        } else {
-            offered.join(", ")
-        };
+        let offered: Vec<&str> =
+            attribute_values(video, "rtpmap").filter_map(|v| v.split_once(' ')).map(|(_, c)| c).collect();
+        let offered = if offered.is_empty() { "nothing".to_owned() } else { offered.join(", ") };
         return Err(OfferError::NoH264 { offered });
     }
     let mid = video.attribute("mid").flatten().unwrap_or("0").to_owned();
-    Ok(VideoSection {
-        mid,
-        mline_index: index as u16,
-    })
+    Ok(VideoSection { mid, mline_index: index as u16 })
 }
 
 #[cfg(test)]
@@ -102,20 +77,13 @@ pub(crate) mod tests {
         )
     }
 
-    pub const H264_VIDEO: &str =
-        "m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n\
+    pub const H264_VIDEO: &str = "m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n\
          a=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n\
          a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
 
     #[test]
     fn accepts_a_browser_like_offer() {
-        assert_eq!(
-            check_offer(&offer(H264_VIDEO)),
-            Ok(VideoSection {
-                mid: "1".into(),
-                mline_index: 1
-            })
-        );
+        assert_eq!(check_offer(&offer(H264_VIDEO)), Ok(VideoSection { mid: "1".into(), mline_index: 1 }));
     }
 
     #[test]
@@ -132,10 +100,7 @@ pub(crate) mod tests {
         ];
         for (sdp, expected) in cases {
             let message = check_offer(&sdp).unwrap_err().to_string();
-            assert!(
-                message.contains(expected),
-                "{message:?} should contain {expected:?}"
-            );
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
             assert!(message.contains("constrained-baseline"), "{message}");
         }
     }

@@ -57,23 +57,11 @@ impl Session {
                 self.offered = true;
                 Ok(Action::Answer { sdp, video })
             }
-            ClientMessage::Candidate { .. } if !self.offered => {
-                Err(SessionError::CandidateBeforeOffer)
+            ClientMessage::Candidate { .. } if !self.offered => Err(SessionError::CandidateBeforeOffer),
+            ClientMessage::Candidate { candidate, .. } if candidate.is_empty() => Ok(Action::Nothing),
+            ClientMessage::Candidate { candidate, sdp_mid, sdp_mline_index, username_fragment } => {
+                Ok(Action::AddCandidate { candidate, sdp_mid, sdp_mline_index, username_fragment })
             }
-            ClientMessage::Candidate { candidate, .. } if candidate.is_empty() => {
-                Ok(Action::Nothing)
-            }
-            ClientMessage::Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment,
-            } => Ok(Action::AddCandidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment,
-            }),
         }
     }
 
@@ -93,62 +81,29 @@ mod tests {
     use crate::signalling::protocol::ClientMessage;
 
     fn offer_json() -> String {
-        serde_json::to_string(&ClientMessage::Offer {
-            sdp: offer(H264_VIDEO),
-        })
-        .unwrap()
+        serde_json::to_string(&ClientMessage::Offer { sdp: offer(H264_VIDEO) }).unwrap()
     }
 
     #[test]
     fn offer_then_candidates() {
         let mut s = Session::default();
-        assert!(matches!(
-            s.on_text(&offer_json()),
-            Ok(Action::Answer { .. })
-        ));
+        assert!(matches!(s.on_text(&offer_json()), Ok(Action::Answer { .. })));
         let c = r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host","sdpMid":"1","sdpMLineIndex":1}"#;
-        assert!(matches!(
-            s.on_text(c),
-            Ok(Action::AddCandidate {
-                sdp_mline_index: Some(1),
-                ..
-            })
-        ));
-        assert_eq!(
-            s.on_text(r#"{"type":"candidate","candidate":""}"#),
-            Ok(Action::Nothing)
-        );
+        assert!(matches!(s.on_text(c), Ok(Action::AddCandidate { sdp_mline_index: Some(1), .. })));
+        assert_eq!(s.on_text(r#"{"type":"candidate","candidate":""}"#), Ok(Action::Nothing));
     }
 
     #[test]
     fn protocol_errors() {
         let mut s = Session::default();
-        assert!(matches!(
-            s.on_text("{not json"),
-            Err(SessionError::NotJson(_))
-        ));
+        assert!(matches!(s.on_text("{not json"), Err(SessionError::NotJson(_))));
         let unknown = s.on_text(r#"{"type":"hello"}"#).unwrap_err().to_string();
         assert!(unknown.contains("unknown variant `hello`"), "{unknown}");
-        assert_eq!(
-            s.on_text(r#"{"type":"candidate","candidate":"x"}"#),
-            Err(SessionError::CandidateBeforeOffer)
-        );
-        let huge = format!(
-            r#"{{"type":"offer","sdp":"{}"}}"#,
-            "a".repeat(MAX_MESSAGE_BYTES)
-        );
-        assert!(matches!(
-            s.on_text(&huge),
-            Err(SessionError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            s.on_text(r#"{"type":"offer","sdp":"v=0"}"#),
-            Err(SessionError::Offer(_))
-        ));
-        assert!(
-            matches!(s.on_text(&offer_json()), Ok(Action::Answer { .. })),
-            "a failed offer is not an offer"
-        );
+        assert_eq!(s.on_text(r#"{"type":"candidate","candidate":"x"}"#), Err(SessionError::CandidateBeforeOffer));
+        let huge = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        assert!(matches!(s.on_text(&huge), Err(SessionError::TooLarge { .. })));
+        assert!(matches!(s.on_text(r#"{"type":"offer","sdp":"v=0"}"#), Err(SessionError::Offer(_))));
+        assert!(matches!(s.on_text(&offer_json()), Ok(Action::Answer { .. })), "a failed offer is not an offer");
         assert_eq!(s.on_text(&offer_json()), Err(SessionError::SecondOffer));
         assert_eq!(s.on_binary(10), SessionError::Binary);
     }

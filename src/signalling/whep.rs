@@ -21,10 +21,7 @@ pub async fn offer(
     body: Bytes,
 ) -> Result<Response, SignallingError> {
     let feed = signalling.feed(&stream)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type.split(';').next().map(str::trim) != Some(SDP_MIME) {
         return Err(SignallingError::NotSdp(content_type.into()));
     }
@@ -32,19 +29,13 @@ pub async fn offer(
     sdp::check_offer(&offer)?;
     // WHEP answers carry every candidate, so trickled ones have no one to go to.
     let (events, _) = mpsc::unbounded_channel();
-    let (viewer, answer) = signalling
-        .webrtc
-        .answer(&stream, feed, offer, events)
-        .await?;
+    let (viewer, answer) = signalling.webrtc.answer(&stream, feed, offer, events).await?;
     let location = format!("/whep/{stream}/{}", viewer.id);
     Ok((
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(SDP_MIME)),
-            (
-                header::LOCATION,
-                HeaderValue::from_str(&location).expect("ids are header-safe"),
-            ),
+            (header::LOCATION, HeaderValue::from_str(&location).expect("ids are header-safe")),
         ],
         answer,
     )
@@ -56,11 +47,7 @@ pub async fn delete(
     State(signalling): State<Arc<Signalling>>,
     Path((stream, session)): Path<(String, String)>,
 ) -> Result<StatusCode, SignallingError> {
-    match signalling
-        .webrtc
-        .viewer(&session)
-        .filter(|v| v.stream == stream)
-    {
+    match signalling.webrtc.viewer(&session).filter(|v| v.stream == stream) {
         Some(viewer) => {
             viewer.close();
             Ok(StatusCode::OK)

@@ -22,12 +22,10 @@ pub async fn upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Over-limit frames must reach the session so it can say why before closing.
-    upgrade.max_message_size(MAX_MESSAGE_BYTES * 4).on_upgrade(
-        move |socket: WebSocket| async move {
-            let (sink, stream_in) = socket.split();
-            run(signalling, stream, sink, stream_in).await;
-        },
-    )
+    upgrade.max_message_size(MAX_MESSAGE_BYTES * 4).on_upgrade(move |socket: WebSocket| async move {
+        let (sink, stream_in) = socket.split();
+        run(signalling, stream, sink, stream_in).await;
+    })
 }
 
 enum Outcome {
@@ -124,11 +122,5 @@ async fn send<W: Sink<Message> + Unpin>(sink: &mut W, message: ServerMessage) ->
 
 async fn send_error<W: Sink<Message> + Unpin>(sink: &mut W, message: &str) {
     tracing::debug!(message, "signalling error");
-    let _ = send(
-        sink,
-        ServerMessage::Error {
-            message: message.into(),
-        },
-    )
-    .await;
+    let _ = send(sink, ServerMessage::Error { message: message.into() }).await;
 }

@@ -28,14 +28,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(ssrc: u32, payload_type: u8, first_sequence: u16) -> Forwarder {
-        Forwarder {
-            ssrc,
-            payload_type,
-            next_sequence: first_sequence,
-            waiting_for_keyframe: true,
-            dropped: 0,
-            sent: 0,
-        }
+        Forwarder { ssrc, payload_type, next_sequence: first_sequence, waiting_for_keyframe: true, dropped: 0, sent: 0 }
     }
 
     /// The viewer fell behind and `missed` packets are gone: resume at the next keyframe.
@@ -88,6 +81,7 @@ mod tests {
         }
         .marshal()
         .unwrap()
+        .freeze()
     }
 
     const SPS: &[u8] = &[0x67, 0x42, 0xe0, 0x1f];
@@ -105,14 +99,7 @@ mod tests {
         let mut f = Forwarder::new(0xabcd, 102, 500);
         assert_eq!(f.offer(&packet(7, SLICE)), Verdict::WaitingForKeyframe);
         let p = sent(f.offer(&packet(8, SPS)));
-        assert_eq!(
-            (
-                p.header.ssrc,
-                p.header.payload_type,
-                p.header.sequence_number
-            ),
-            (0xabcd, 102, 500)
-        );
+        assert_eq!((p.header.ssrc, p.header.payload_type, p.header.sequence_number), (0xabcd, 102, 500));
         assert_eq!(sent(f.offer(&packet(9, SLICE))).header.sequence_number, 501);
         assert_eq!((f.sent, f.dropped), (2, 1));
     }
@@ -124,11 +111,7 @@ mod tests {
         f.lagged(40);
         assert!(f.waiting_for_keyframe());
         assert_eq!(f.offer(&packet(50, SLICE)), Verdict::WaitingForKeyframe);
-        assert_eq!(
-            sent(f.offer(&packet(51, SPS))).header.sequence_number,
-            0,
-            "wraps and continues"
-        );
+        assert_eq!(sent(f.offer(&packet(51, SPS))).header.sequence_number, 0, "wraps and continues");
         assert_eq!(f.dropped, 41);
     }
 

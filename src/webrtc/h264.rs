@@ -19,13 +19,11 @@ pub fn starts_keyframe(payload: &[u8]) -> bool {
     match first & 0x1f {
         STAP_A => {
             // STAP-A: 16-bit size, then a NAL, repeated. The first NAL decides.
-            payload
-                .get(3)
-                .is_some_and(|nal| starts_access_unit_with_keyframe(nal & 0x1f))
+            payload.get(3).is_some_and(|nal| starts_access_unit_with_keyframe(nal & 0x1f))
         }
-        FU_A => payload.get(1).is_some_and(|header| {
-            header & 0x80 != 0 && starts_access_unit_with_keyframe(header & 0x1f)
-        }),
+        FU_A => {
+            payload.get(1).is_some_and(|header| header & 0x80 != 0 && starts_access_unit_with_keyframe(header & 0x1f))
+        }
         nal_type => starts_access_unit_with_keyframe(nal_type),
     }
 }
@@ -38,10 +36,7 @@ mod tests {
     fn recognises_keyframe_starts() {
         assert!(starts_keyframe(&[0x67, 0x42]), "single SPS");
         assert!(starts_keyframe(&[0x65, 0x88]), "single IDR slice");
-        assert!(
-            starts_keyframe(&[0x78, 0x00, 0x0a, 0x67, 0x42]),
-            "STAP-A starting with SPS"
-        );
+        assert!(starts_keyframe(&[0x78, 0x00, 0x0a, 0x67, 0x42]), "STAP-A starting with SPS");
         assert!(starts_keyframe(&[0x7c, 0x85, 0x88]), "FU-A start of an IDR");
     }
 
@@ -49,18 +44,9 @@ mod tests {
     fn rejects_everything_else() {
         assert!(!starts_keyframe(&[]));
         assert!(!starts_keyframe(&[0x41, 0x9a]), "non-IDR slice");
-        assert!(
-            !starts_keyframe(&[0x7c, 0x05, 0x88]),
-            "FU-A middle of an IDR"
-        );
-        assert!(
-            !starts_keyframe(&[0x7c, 0x81]),
-            "FU-A start of a non-IDR slice"
-        );
-        assert!(
-            !starts_keyframe(&[0x78, 0x00, 0x02, 0x68]),
-            "STAP-A with only a PPS first"
-        );
+        assert!(!starts_keyframe(&[0x7c, 0x05, 0x88]), "FU-A middle of an IDR");
+        assert!(!starts_keyframe(&[0x7c, 0x81]), "FU-A start of a non-IDR slice");
+        assert!(!starts_keyframe(&[0x78, 0x00, 0x02, 0x68]), "STAP-A with only a PPS first");
         assert!(!starts_keyframe(&[0x78, 0x00]), "truncated STAP-A");
     }
 }

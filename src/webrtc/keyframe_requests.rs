@@ -30,11 +30,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
 
     fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &message.message.packet {
-            let requests: Vec<_> = packets
-                .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
-                .cloned()
-                .collect();
+            let requests: Vec<_> = packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
             // Reports and NACKs were for the interceptors before us; nothing for us to do.
             if requests.is_empty() {
                 return Ok(());

@@ -13,21 +13,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 use crate::config::WebRtcSettings;
@@ -70,22 +69,13 @@ pub enum PeerEvent {
 
 /// H.264 as browsers offer it for constrained baseline, with the feedback we act on.
 fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
-    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
-        typ: typ.into(),
-        parameter: parameter.into(),
-    };
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
     RTCRtpCodec {
         mime_type: "video/H264".into(),
         clock_rate: 90000,
         channels: 0,
-        sdp_fmtp_line: format!(
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}"
-        ),
-        rtcp_feedback: vec![
-            feedback("nack", ""),
-            feedback("nack", "pli"),
-            feedback("ccm", "fir"),
-        ],
+        sdp_fmtp_line: format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}"),
+        rtcp_feedback: vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")],
     }
 }
 
@@ -97,10 +87,7 @@ fn media_engine() -> Result<MediaEngine, WebRtcError> {
     for (i, profile) in H264_PROFILE_LEVEL_IDS.iter().enumerate() {
         engine
             .register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: h264_codec(profile),
-                    payload_type: 102 + i as u8 * 4,
-                },
+                RTCRtpCodecParameters { rtp_codec: h264_codec(profile), payload_type: 102 + i as u8 * 4 },
                 RtpCodecKind::Video,
             )
             .map_err(setup)?;
@@ -142,18 +129,12 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    pub async fn add_remote_candidate(
-        &self,
-        candidate: RTCIceCandidateInit,
-    ) -> Result<(), WebRtcError> {
+    pub async fn add_remote_candidate(&self, candidate: RTCIceCandidateInit) -> Result<(), WebRtcError> {
         let text = candidate.candidate.clone();
         self.peer
             .add_ice_candidate(candidate)
             .await
-            .map_err(|err| WebRtcError::Candidate {
-                candidate: text,
-                reason: err.to_string(),
-            })
+            .map_err(|err| WebRtcError::Candidate { candidate: text, reason: err.to_string() })
     }
 
     /// Ends the session; the viewer's task closes the peer and frees its slot and port.
@@ -212,10 +193,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl WebRtc {
-    pub fn new(
-        settings: WebRtcSettings,
-        shutdown: CancellationToken,
-    ) -> Result<WebRtc, WebRtcError> {
+    pub fn new(settings: WebRtcSettings, shutdown: CancellationToken) -> Result<WebRtc, WebRtcError> {
         Ok(WebRtc {
             ports: PortPool::new(settings.ports),
             engine: media_engine()?,
@@ -227,12 +205,7 @@ impl WebRtc {
     }
 
     pub fn viewer_count(&self, stream: &str) -> usize {
-        self.counts
-            .lock()
-            .expect("viewer count lock")
-            .get(stream)
-            .copied()
-            .unwrap_or(0)
+        self.counts.lock().expect("viewer count lock").get(stream).copied().unwrap_or(0)
     }
 
     pub fn viewer(&self, id: &str) -> Option<Arc<Viewer>> {
@@ -243,16 +216,10 @@ impl WebRtc {
         let mut counts = self.counts.lock().expect("viewer count lock");
         let count = counts.entry(stream.to_owned()).or_default();
         if *count >= self.settings.max_viewers {
-            return Err(WebRtcError::TooManyViewers {
-                stream: stream.into(),
-                max: self.settings.max_viewers,
-            });
+            return Err(WebRtcError::TooManyViewers { stream: stream.into(), max: self.settings.max_viewers });
         }
         *count += 1;
-        Ok(ViewerSlot {
-            stream: stream.into(),
-            counts: self.counts.clone(),
-        })
+        Ok(ViewerSlot { stream: stream.into(), counts: self.counts.clone() })
     }
 
     /// Answers a viewer's offer. The answer carries every candidate gathered within a short
@@ -279,13 +246,9 @@ impl WebRtc {
         });
 
         let mut engine = self.engine.clone();
-        let registry =
-            register_default_interceptors(Registry::new(), &mut engine).map_err(setup)?;
+        let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(setup)?;
         // Last in the chain, after the interceptors that act on reports and NACKs.
-        let registry = registry.with(
-            Slot::from(14_000),
-            keyframe_requests::KeyframeRequests::default(),
-        );
+        let registry = registry.with(Slot::from(14_000), keyframe_requests::KeyframeRequests::default());
         let settings = SettingEngineBuilder::new()
             .with_ice_timeouts(
                 Some(Duration::from_secs(4)),
@@ -293,6 +256,8 @@ impl WebRtc {
                 Some(Duration::from_secs(2)),
             )
             .with_include_loopback_candidate(self.settings.bind.is_loopback())
+            // A server has real addresses to offer; mDNS needs multicast routes it may not have.
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
         let peer: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
@@ -324,18 +289,8 @@ impl WebRtc {
             _slot: slot,
             _port: port,
         });
-        self.viewers
-            .lock()
-            .expect("viewers lock")
-            .insert(viewer.id.clone(), viewer.clone());
-        tokio::spawn(serve_viewer(
-            viewer.clone(),
-            track,
-            feed,
-            state_rx,
-            events,
-            self.viewers.clone(),
-        ));
+        self.viewers.lock().expect("viewers lock").insert(viewer.id.clone(), viewer.clone());
+        tokio::spawn(serve_viewer(viewer.clone(), track, feed, state_rx, events, self.viewers.clone()));
         Ok((viewer, answer))
     }
 
@@ -345,11 +300,8 @@ impl WebRtc {
         offer_sdp: String,
         gathered: &mut watch::Receiver<bool>,
     ) -> Result<(OwnTrack, String), WebRtcError> {
-        let offer = RTCSessionDescription::offer(offer_sdp)
-            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
-        peer.set_remote_description(offer)
-            .await
-            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        peer.set_remote_description(offer).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
 
         let ssrc: u32 = rand_u32();
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -358,49 +310,27 @@ impl WebRtc {
             "livegate".into(),
             RtpCodecKind::Video,
             vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
                 codec: h264_codec(H264_PROFILE_LEVEL_IDS[0]),
                 ..Default::default()
             }],
         )));
-        peer.add_track(track.clone() as Arc<dyn TrackLocal>)
-            .await
-            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
-        let answer = peer
-            .create_answer(None)
-            .await
-            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        let answer = peer.create_answer(None).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
         peer.set_local_description(answer).await.map_err(setup)?;
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
-        let local = peer
-            .local_description()
-            .await
-            .ok_or_else(|| setup("no local description"))?;
-        Ok((
-            OwnTrack { track, ssrc },
-            rewrite_host_candidates(&local.sdp, self.settings.public_ip),
-        ))
+        let local = peer.local_description().await.ok_or_else(|| setup("no local description"))?;
+        Ok((OwnTrack { track, ssrc }, rewrite_host_candidates(&local.sdp, self.settings.public_ip)))
     }
 
     /// Closes every viewer and waits (briefly) until they are gone.
     pub async fn close_all(&self) {
-        let viewers: Vec<_> = self
-            .viewers
-            .lock()
-            .expect("viewers lock")
-            .values()
-            .cloned()
-            .collect();
+        let viewers: Vec<_> = self.viewers.lock().expect("viewers lock").values().cloned().collect();
         for viewer in &viewers {
             viewer.close();
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while !self.viewers.lock().expect("viewers lock").is_empty()
-            && tokio::time::Instant::now() < deadline
-        {
+        while !self.viewers.lock().expect("viewers lock").is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -420,11 +350,7 @@ pub fn rewrite_host_candidates(sdp: &str, public_ip: Option<IpAddr>) -> String {
         .map(|line| {
             let fields: Vec<&str> = line.trim_end().split(' ').collect();
             // a=candidate:foundation component transport priority ADDRESS port typ host …
-            if line.starts_with("a=candidate:")
-                && fields.len() >= 8
-                && fields[6] == "typ"
-                && fields[7] == "host"
-            {
+            if line.starts_with("a=candidate:") && fields.len() >= 8 && fields[6] == "typ" && fields[7] == "host" {
                 let mut fields = fields;
                 let ip = ip.to_string();
                 fields[4] = &ip;
@@ -486,10 +412,7 @@ async fn serve_viewer(
 }
 
 fn is_over(state: RTCPeerConnectionState) -> bool {
-    matches!(
-        state,
-        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-    )
+    matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
 }
 
 async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
@@ -503,10 +426,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
             Ok(packet) => packet,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 forwarder.lagged(missed);
-                viewer
-                    .stats
-                    .packets_dropped
-                    .fetch_add(missed, Ordering::Relaxed);
+                viewer.stats.packets_dropped.fetch_add(missed, Ordering::Relaxed);
                 feed.request_keyframe();
                 continue;
             }
@@ -532,10 +452,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
 async fn forward_keyframe_requests(track: Arc<TrackLocalStaticRTP>, feed: Arc<dyn Feed>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            if packets
-                .iter()
-                .any(|p| keyframe_requests::is_keyframe_request(p.as_ref()))
-            {
+            if packets.iter().any(|p| keyframe_requests::is_keyframe_request(p.as_ref())) {
                 feed.request_keyframe();
             }
         }
@@ -567,10 +484,7 @@ mod tests {
         let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
                    a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n";
         let out = rewrite_host_candidates(sdp, Some("203.0.113.7".parse().unwrap()));
-        assert!(
-            out.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"),
-            "{out}"
-        );
+        assert!(out.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"), "{out}");
         assert!(out.contains("198.51.100.1 50000 typ srflx"));
         assert_eq!(rewrite_host_candidates(sdp, None), sdp);
     }

@@ -19,17 +19,12 @@ pub struct PortLease {
 
 impl PortPool {
     pub fn new(range: PortRange) -> PortPool {
-        PortPool {
-            free: Arc::new(Mutex::new((range.low..=range.high).collect())),
-        }
+        PortPool { free: Arc::new(Mutex::new((range.low..=range.high).collect())) }
     }
 
     pub fn lease(&self) -> Option<PortLease> {
         let port = self.free.lock().expect("port pool lock").pop_first()?;
-        Some(PortLease {
-            port,
-            pool: self.clone(),
-        })
+        Some(PortLease { port, pool: self.clone() })
     }
 
     pub fn available(&self) -> usize {
@@ -39,11 +34,7 @@ impl PortPool {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        self.pool
-            .free
-            .lock()
-            .expect("port pool lock")
-            .insert(self.port);
+        self.pool.free.lock().expect("port pool lock").insert(self.port);
     }
 }
 
@@ -53,10 +44,7 @@ mod tests {
 
     #[test]
     fn leases_until_empty_and_takes_back() {
-        let pool = PortPool::new(PortRange {
-            low: 5000,
-            high: 5001,
-        });
+        let pool = PortPool::new(PortRange { low: 5000, high: 5001 });
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
         assert_ne!(a.port, b.port);

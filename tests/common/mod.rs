@@ -1,0 +1,176 @@
+//! A real gateway process on 127.0.0.1 and clients to talk to it.
+#![allow(dead_code)] // each test binary uses its own share of these helpers
+
+pub mod peer;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Each gateway in a test run gets its own slice of UDP ports, so tests can run in parallel.
+static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
+
+pub fn port_range(size: u16) -> String {
+    let base = 40000 + (std::process::id() % 50) as u16 * 400;
+    let low = base + NEXT_PORT_BLOCK.fetch_add(size, Ordering::SeqCst);
+    format!("{low}-{}", low + size - 1)
+}
+
+/// The address WebRTC media binds to: `scripts/netns-run` (which `make test` uses) provides
+/// one in a private network namespace, where webrtcbin and Chromium find a candidate to pair.
+pub fn media_ip() -> String {
+    std::env::var("LIVEGATE_TEST_MEDIA_IP").unwrap_or_else(|_| {
+        panic!(
+            "WebRTC tests run inside a private network namespace: scripts/netns-run cargo test (make test does this)"
+        )
+    })
+}
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with the test source(s) unless `args` name streams.
+    pub fn start(args: &[&str]) -> Gateway {
+        let state_dir = tempfile::tempdir().unwrap();
+        Self::start_in(args, state_dir, &port_range(20))
+    }
+
+    pub fn start_in(args: &[&str], state_dir: tempfile::TempDir, ports: &str) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_livegate"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--webrtc-bind", &media_ip()])
+            .args(["--webrtc-ports", ports, "--encoder", "x264"])
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .args(args)
+            .env("RUST_LOG", "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start livegate");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str::<Value>(&line) {
+                    if let Some(addr) = json.get("local_addr").and_then(Value::as_str) {
+                        let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => panic!("gateway did not start; log:\n{}", logs.lock().unwrap().join("\n")),
+        };
+        let scheme = if args.contains(&"--no-tls") { "http" } else { "https" };
+        Gateway { child, addr, base: format!("{scheme}://{addr}"), logs, state_dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http", "ws", 1))
+    }
+
+    pub async fn streams(&self) -> Vec<Value> {
+        client().get(self.url("/api/streams")).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn stream(&self, name: &str) -> Value {
+        self.streams().await.into_iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no stream {name}"))
+    }
+
+    /// Waits until `name` reports `state`, or panics with what it reports.
+    pub async fn wait_for_state(&self, name: &str, state: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let stream = self.stream(name).await;
+            if stream["state"] == state {
+                return stream;
+            }
+            if Instant::now() > deadline {
+                panic!("stream {name} is not {state} after {within:?}: {stream}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_for_viewers(&self, name: &str, viewers: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.stream(name).await["viewers"].as_u64() != Some(viewers) {
+            assert!(
+                Instant::now() < deadline,
+                "stream {name} never had {viewers} viewers: {}",
+                self.stream(name).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, as Kubernetes does; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe_kill(self.child.id(), "KILL");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An HTTPS client that accepts the gateway's self-signed certificate.
+pub fn client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs a livegate binary to completion (for start-up failures).
+pub fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_livegate")).args(args).output().unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+pub fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+}

@@ -1,0 +1,246 @@
+//! An independent WebRTC viewer: GStreamer's webrtcbin, receiving H.264, decoding it and
+//! reading the latency strip of every frame.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_sdp as gst_sdp;
+use gstreamer_video as gst_video;
+use gstreamer_webrtc as gst_webrtc;
+use livegate::media::strip;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What a viewer saw.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub frames: u64,
+    pub frames_with_strip: u64,
+    pub width: i32,
+    pub height: i32,
+    pub latencies_ms: Vec<u64>,
+}
+
+pub struct Viewer {
+    pipeline: gst::Pipeline,
+    webrtcbin: gst::Element,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+impl Viewer {
+    pub fn new() -> Viewer {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let webrtcbin =
+            gst::ElementFactory::make("webrtcbin").property_from_str("bundle-policy", "max-bundle").build().unwrap();
+        pipeline.add(&webrtcbin).unwrap();
+        let caps: gst::Caps = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload=102,\
+                               packetization-mode=(string)1,profile-level-id=(string)42e01f"
+            .parse()
+            .unwrap();
+        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+        );
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let pipeline_weak = pipeline.downgrade();
+        let sink_seen = seen.clone();
+        webrtcbin.connect_pad_added(move |_, pad| {
+            if pad.direction() != gst::PadDirection::Src {
+                return;
+            }
+            let pipeline = pipeline_weak.upgrade().unwrap();
+            let decode = gst::parse::bin_from_description(
+                "rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=frames sync=false",
+                true,
+            )
+            .unwrap();
+            pipeline.add(&decode).unwrap();
+            let appsink = decode.by_name("frames").unwrap().downcast::<gst_app::AppSink>().unwrap();
+            let seen = sink_seen.clone();
+            appsink.set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                        record_frame(&sample, &seen);
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
+            decode.sync_state_with_parent().unwrap();
+            pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Viewer { pipeline, webrtcbin, seen }
+    }
+
+    /// Creates the offer and waits for every local candidate to be in it.
+    pub fn offer(&self) -> String {
+        let promise = gst::Promise::new();
+        self.webrtcbin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let reply = promise.get_reply().expect("create-offer replied");
+        let offer = reply.value("offer").unwrap().get::<gst_webrtc::WebRTCSessionDescription>().unwrap();
+        self.webrtcbin.emit_by_name::<()>("set-local-description", &[&offer, &None::<gst::Promise>]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.webrtcbin.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+            != gst_webrtc::WebRTCICEGatheringState::Complete
+        {
+            assert!(Instant::now() < deadline, "webrtcbin never finished gathering");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let local = self.webrtcbin.property::<gst_webrtc::WebRTCSessionDescription>("local-description");
+        local.sdp().as_text().unwrap()
+    }
+
+    pub fn accept_answer(&self, sdp: &str) {
+        let message = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).expect("the answer parses as SDP");
+        let answer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, message);
+        self.webrtcbin.emit_by_name::<()>("set-remote-description", &[&answer, &None::<gst::Promise>]);
+    }
+
+    pub fn add_candidate(&self, mline_index: u32, candidate: &str) {
+        self.webrtcbin.emit_by_name::<()>("add-ice-candidate", &[&mline_index, &candidate]);
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `frames` frames with a readable strip arrived, or panics.
+    pub async fn wait_for_frames(&self, frames: u64, within: Duration) -> Seen {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.seen();
+            if seen.frames_with_strip >= frames {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "only {seen:?} after {within:?}, wanted {frames} frames with strips");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Signals over WHEP; returns the session's Location.
+    pub async fn connect_whep(&self, gateway_url: &str, stream: &str) -> String {
+        let offer = self.offer();
+        let response = super::client()
+            .post(format!("{gateway_url}/whep/{stream}"))
+            .header("content-type", "application/sdp")
+            .body(offer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "WHEP POST: {:?}", response.text().await);
+        assert_eq!(response.headers()["content-type"], "application/sdp");
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let answer = response.text().await.unwrap();
+        self.accept_answer(&answer);
+        location
+    }
+
+    /// Signals over the WebSocket, all local candidates in the offer; keeps the socket open
+    /// (and adds the gateway's trickled candidates) until the returned task is dropped.
+    pub async fn connect_ws(self: &Arc<Self>, ws_url: &str) -> tokio::task::JoinHandle<()> {
+        let mut socket = ws_connect(ws_url).await;
+        socket.send(Message::Text(json!({"type": "offer", "sdp": self.offer()}).to_string().into())).await.unwrap();
+        let answer = next_json(&mut socket).await.expect("an answer");
+        assert_eq!(answer["type"], "answer", "{answer}");
+        self.accept_answer(answer["sdp"].as_str().unwrap());
+        let viewer = self.clone();
+        tokio::spawn(async move {
+            while let Some(message) = next_json(&mut socket).await {
+                if message["type"] == "candidate" {
+                    let index = message["sdpMLineIndex"].as_u64().unwrap() as u32;
+                    viewer.add_candidate(index, message["candidate"].as_str().unwrap());
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn record_frame(sample: &gst::Sample, seen: &Mutex<Seen>) {
+    let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
+    let Ok(info) = gst_video::VideoInfo::from_caps(caps) else { return };
+    let Ok(frame) = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info) else { return };
+    let value = strip::decode_luma(frame.plane_data(0).unwrap(), info.stride()[0] as usize, info.width());
+    let mut seen = seen.lock().unwrap();
+    seen.frames += 1;
+    seen.width = info.width() as i32;
+    seen.height = info.height() as i32;
+    if let Some(latency) = value.and_then(|v| strip::latency_ms(v, strip::unix_now_ms())) {
+        seen.frames_with_strip += 1;
+        seen.latencies_ms.push(latency);
+    }
+}
+
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to the gateway's WebSocket, trusting its self-signed certificate.
+pub async fn ws_connect(url: &str) -> WsStream {
+    super::install_crypto();
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+        .with_no_client_auth();
+    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(config));
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+        .await
+        .unwrap_or_else(|err| panic!("WebSocket {url}: {err}"));
+    socket
+}
+
+/// The next JSON text message, or `None` when the socket closes.
+pub async fn next_json(socket: &mut WsStream) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.ok()?? {
+            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("the gateway sends JSON")),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,609 @@
+"""Offline checks of livegate's Kubernetes deployment.
+
+Every kustomization under k8s/ is rendered with the real kustomize (built
+into kubectl), every rendered object is validated against the Kubernetes
+JSON schemas (kubernetes-validate), and the conventions the deployment
+relies on are asserted: probes, security context, TLS Secret mount, the
+config file and its paths, volumes, device requests, WebRTC reachability.
+Run through tests/k8s/run.sh, which installs the pinned tools.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path, PurePosixPath
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+DEVICE_MANAGER = ROOT / "device_manager" / "device-manager.yaml"
+CERTIFICATE = K8S / "examples" / "certificate.yaml"
+
+# Kubernetes API versions whose schemas every object must satisfy: the
+# oldest supported minor and the newest bundled in kubernetes-validate.
+K8S_VERSIONS = ["1.30.0", "1.37.0"]
+
+# Deployable kustomizations: what a user applies with `kubectl apply -k`.
+DEPLOYABLE = {
+    "camera": K8S / "overlays" / "camera",
+    "test": K8S / "overlays" / "test",
+    "hostport": K8S / "examples" / "hostport",
+}
+# Everything that must render, the base included.
+RENDERABLE = {"base": K8S / "base", **DEPLOYABLE}
+
+NAMESPACE = "livegate"
+TLS_SECRET = "livegate-tls"
+UID = 10001
+VIDEO_GID = 44
+CONFIG_KEY = "livegate.toml"
+
+
+# --------------------------------------------------------------- helpers
+
+
+def kustomize_cmd() -> list[str]:
+    """The kustomize to use: $KUSTOMIZE, else kubectl's built-in one."""
+    if os.environ.get("KUSTOMIZE"):
+        return [os.environ["KUSTOMIZE"], "build"]
+    kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    if not kubectl:
+        pytest.fail("kubectl not found: run tests/k8s/run.sh, which installs it")
+    return [kubectl, "kustomize"]
+
+
+@functools.cache
+def render(path: Path) -> tuple[dict, ...]:
+    proc = subprocess.run(
+        [*kustomize_cmd(), str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"kustomize {path} failed:\n{proc.stderr}"
+    docs = tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+    assert docs, f"kustomize {path} rendered nothing"
+    return docs
+
+
+def load_file(path: Path) -> tuple[dict, ...]:
+    return tuple(d for d in yaml.safe_load_all(path.read_text()) if d)
+
+
+def only(docs, kind: str, name: str | None = None) -> dict:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def workload(docs) -> dict:
+    found = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")]
+    assert len(found) == 1, f"expected one livegate workload, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(docs) -> dict:
+    return workload(docs)["spec"]["template"]["spec"]
+
+
+def container(docs) -> dict:
+    containers = pod_spec(docs)["containers"]
+    named = [c for c in containers if c["name"] == "livegate"]
+    assert len(named) == 1, "expected one container named livegate"
+    return named[0]
+
+
+def volume(docs, name: str) -> dict:
+    found = [v for v in pod_spec(docs).get("volumes", []) if v["name"] == name]
+    assert len(found) == 1, f"volume {name} missing"
+    return found[0]
+
+
+def mount_for(docs, path: str) -> tuple[dict, dict]:
+    """The volumeMount (and its volume) that holds `path` in the container."""
+    p = PurePosixPath(path)
+    best = None
+    for m in container(docs).get("volumeMounts", []):
+        mp = PurePosixPath(m["mountPath"])
+        if p == mp or mp in p.parents:
+            if best is None or len(str(mp)) > len(best["mountPath"]):
+                best = m
+    assert best is not None, f"{path} is not on any volume (the root fs is read-only)"
+    return best, volume(docs, best["name"])
+
+
+def config_mount(docs) -> tuple[dict, dict, dict]:
+    """(ConfigMap, its volumeMount, the path passed with --config)."""
+    c = container(docs)
+    args = [*c.get("command", []), *c.get("args", [])]
+    path = None
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+    assert path, f"container args {args} do not pass --config"
+    m, v = mount_for(docs, path)
+    assert "configMap" in v, f"--config {path} is not on a ConfigMap volume"
+    assert "subPath" not in m, "mount the ConfigMap directory, not a subPath"
+    key = str(PurePosixPath(path).relative_to(m["mountPath"]))
+    for item in v["configMap"].get("items", []):
+        if item["path"] == key:
+            key = item["key"]
+    cm = only(docs, "ConfigMap", v["configMap"]["name"])
+    assert key in cm.get("data", {}), f"ConfigMap {cm['metadata']['name']} has no {key}"
+    return cm, m, {"path": path, "key": key}
+
+
+def livegate_config(docs) -> dict:
+    cm, _, ref = config_mount(docs)
+    return tomllib.loads(cm["data"][ref["key"]])
+
+
+def port_range(spec: str) -> range:
+    lo, hi = (int(x) for x in spec.split("-"))
+    return range(lo, hi + 1)
+
+
+def container_port(docs, port) -> int:
+    if isinstance(port, int):
+        return port
+    for p in container(docs).get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    pytest.fail(f"named port {port} is not declared by the container")
+
+
+def listen_port(cfg: dict) -> int:
+    return int(cfg.get("listen", "0.0.0.0:8443").rsplit(":", 1)[1])
+
+
+def walk(obj, path=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield path + (k,), v
+            yield from walk(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from walk(v, path + (i,))
+
+
+def object_ids():
+    for name, path in RENDERABLE.items():
+        for doc in render(path):
+            yield pytest.param(doc, id=f"{name}:{doc['kind']}/{doc['metadata']['name']}")
+    for doc in load_file(DEVICE_MANAGER):
+        yield pytest.param(doc, id=f"device-manager:{doc['kind']}/{doc['metadata']['name']}")
+
+
+# ---------------------------------------------------- rendering and schema
+
+
+@pytest.mark.parametrize("name", RENDERABLE)
+def test_renders(name):
+    docs = render(RENDERABLE[name])
+    ids = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(ids) == len(set(ids)), f"duplicate objects in {name}: {ids}"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("doc", list(object_ids()))
+def test_schema(doc, version):
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        where = ".".join(str(p) for p in e.path)
+        pytest.fail(f"invalid against Kubernetes {version}: {where}: {e.message}")
+
+
+def test_certificate_example():
+    (cert,) = load_file(CERTIFICATE)
+    assert cert["apiVersion"] == "cert-manager.io/v1" and cert["kind"] == "Certificate"
+    assert cert["metadata"]["namespace"] == NAMESPACE
+    assert cert["spec"]["secretName"] == TLS_SECRET
+    assert cert["spec"]["issuerRef"]["name"]
+    assert cert["spec"].get("dnsNames") or cert["spec"].get("ipAddresses")
+    # A CRD object: it must not be in an overlay, which would then fail on
+    # clusters without cert-manager.
+    for name, path in DEPLOYABLE.items():
+        assert not any(d["kind"] == "Certificate" for d in render(path)), name
+
+
+# --------------------------------------------------------- conventions
+
+
+@pytest.fixture(params=list(DEPLOYABLE))
+def overlay(request):
+    return render(DEPLOYABLE[request.param])
+
+
+def test_namespace_and_labels(overlay):
+    ns = only(overlay, "Namespace")
+    assert ns["metadata"]["name"] == NAMESPACE
+    for d in overlay:
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") == NAMESPACE, d["metadata"]["name"]
+        labels = d["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/name") == "livegate", d["metadata"]["name"]
+
+
+def test_single_owner_workload(overlay):
+    w = workload(overlay)
+    if w["kind"] == "Deployment":
+        assert w["spec"].get("replicas", 1) == 1, "one camera, one gateway"
+        assert w["spec"]["strategy"]["type"] == "Recreate"
+    selector = w["spec"]["selector"]["matchLabels"]
+    pod_labels = w["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+
+
+def test_image(overlay):
+    image = container(overlay)["image"]
+    assert "/" in image and ":" in image.rsplit("/", 1)[1], f"image {image} lacks registry or tag"
+    assert not image.endswith(":latest"), "pin a tag, not :latest"
+
+
+@pytest.mark.parametrize("probe,path", [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")])
+def test_probes(overlay, probe, path):
+    c = container(overlay)
+    assert probe in c, f"{probe} missing"
+    get = c[probe].get("httpGet")
+    assert get, f"{probe} must be an httpGet probe"
+    assert get["path"] == path
+    assert get.get("scheme") == "HTTPS", f"{probe} must use scheme HTTPS"
+    assert container_port(overlay, get["port"]) == listen_port(livegate_config(overlay))
+
+
+def test_startup_probe_if_any(overlay):
+    probe = container(overlay).get("startupProbe")
+    if probe:
+        assert probe["httpGet"]["path"] == "/healthz"
+        assert probe["httpGet"].get("scheme") == "HTTPS"
+
+
+def test_security_context(overlay):
+    pod = pod_spec(overlay).get("securityContext", {})
+    sc = container(overlay).get("securityContext", {})
+
+    def eff(key):
+        return sc.get(key, pod.get(key))
+
+    assert eff("runAsNonRoot") is True
+    assert eff("runAsUser") == UID
+    assert sc.get("readOnlyRootFilesystem") is True
+    assert sc.get("allowPrivilegeEscalation") is False
+    assert sc.get("privileged", False) is False
+    assert sc.get("capabilities", {}).get("drop") == ["ALL"]
+    assert not sc.get("capabilities", {}).get("add"), "no capabilities are needed"
+    assert eff("seccompProfile") == {"type": "RuntimeDefault"}
+    assert VIDEO_GID in pod.get("supplementalGroups", []), "video group for /dev/videoN"
+
+
+def test_resources(overlay):
+    res = container(overlay)["resources"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= res.get(kind, {}).keys(), f"{kind} cpu/memory"
+
+
+def test_no_privileged_anywhere():
+    docs = [d for p in RENDERABLE.values() for d in render(p)] + list(load_file(DEVICE_MANAGER))
+    for d in docs:
+        for path, value in walk(d):
+            if path and path[-1] == "privileged":
+                assert value is False, f"{d['kind']}/{d['metadata']['name']}: privileged at {path}"
+
+
+def test_tls_secret_mount_matches_config(overlay):
+    cfg = livegate_config(overlay)
+    assert not cfg.get("no_tls"), "the deployment serves HTTPS"
+    secret_mounts = []
+    for key, secret_key in (("tls_cert", "tls.crt"), ("tls_key", "tls.key")):
+        assert key in cfg, f"{key} missing from the config"
+        m, v = mount_for(overlay, cfg[key])
+        assert "secret" in v, f"{key} {cfg[key]} is not on a Secret volume"
+        assert v["secret"]["secretName"] == TLS_SECRET
+        assert m.get("readOnly") is True, "mount the TLS Secret read-only"
+        # A subPath mount is a copy made at start: the kubelet's "..data"
+        # symlink swap on renewal would never reach the pod.
+        assert "subPath" not in m and "subPathExpr" not in m, "no subPath for the TLS Secret"
+        rel = str(PurePosixPath(cfg[key]).relative_to(m["mountPath"]))
+        items = {i["path"]: i["key"] for i in v["secret"].get("items", [])}
+        assert items.get(rel, rel) == secret_key, f"{key} points at {rel}, not {secret_key}"
+        secret_mounts.append(m["mountPath"])
+    assert len(set(secret_mounts)) == 1
+
+
+def test_config_mounted_and_passed(overlay):
+    cm, m, ref = config_mount(overlay)
+    assert m.get("readOnly") is True
+    # The settings live in the ConfigMap, not in flags.
+    c = container(overlay)
+    flags = [a for a in c.get("args", []) if a.startswith("--") and not a.startswith("--config")]
+    assert not flags, f"settings belong in {CONFIG_KEY}, not args: {flags}"
+    assert ref["key"] == CONFIG_KEY
+    # configMapGenerator appends a content hash, so edits roll the pod.
+    assert re.fullmatch(r"livegate-config-[a-z0-9]{10}", cm["metadata"]["name"])
+
+
+def test_writable_dirs(overlay):
+    cfg = livegate_config(overlay)
+    assert "hls_dir" in cfg, "hls_dir must be set (default is a temp dir)"
+    _, v = mount_for(overlay, cfg["hls_dir"])
+    assert v.get("emptyDir", {}).get("medium") == "Memory", "HLS segments belong in RAM"
+    assert v["emptyDir"].get("sizeLimit"), "a Memory emptyDir needs a sizeLimit"
+    assert "state_dir" in cfg
+    _, v = mount_for(overlay, cfg["state_dir"])
+    assert "emptyDir" in v, "state_dir must be a writable emptyDir"
+    # GStreamer's registry cache and temp files.
+    _, v = mount_for(overlay, "/tmp")
+    assert "emptyDir" in v
+
+
+def test_service(overlay):
+    svc = only(overlay, "Service")
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    https = ports["https"]
+    assert https["port"] == 443
+    assert container_port(overlay, https["targetPort"]) == listen_port(livegate_config(overlay))
+    pod_labels = workload(overlay)["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_streams_and_devices(overlay):
+    cfg = livegate_config(overlay)
+    streams = cfg.get("stream", [])
+    assert streams, "at least one [[stream]]"
+    limits = container(overlay)["resources"].get("limits", {})
+    requested = {k for k in limits if k.startswith("smarter-devices/")}
+    needed = set()
+    for s in streams:
+        m = re.fullmatch(r"v4l2:/dev/(video\d+)", s["source"])
+        if m:
+            needed.add(f"smarter-devices/{m.group(1)}")
+    assert requested == needed, f"device requests {requested} != v4l2 sources {needed}"
+    for r in requested:
+        assert str(limits[r]) == "1"
+    if requested:
+        # The device plugin only runs on nodes with this label.
+        assert pod_spec(overlay).get("nodeSelector", {}).get("smarter-device-manager") == "enabled"
+
+
+def test_webrtc_reachability(overlay):
+    cfg = livegate_config(overlay)
+    spec = pod_spec(overlay)
+    ports = port_range(cfg.get("webrtc_ports", "50000-50099"))
+    assert cfg.get("max_viewers", 200) <= len(ports), "one UDP port per viewer"
+    if spec.get("hostNetwork"):
+        assert spec.get("dnsPolicy") == "ClusterFirstWithHostNet"
+        assert not any("hostPort" in p for p in container(overlay).get("ports", []))
+        return
+    host_udp = {
+        p["hostPort"]
+        for p in container(overlay).get("ports", [])
+        if p.get("protocol") == "UDP" and "hostPort" in p
+    }
+    if host_udp:
+        # Without hostNetwork every WebRTC port needs its own hostPort, and
+        # the candidates must carry an address viewers can reach.
+        assert host_udp == set(ports), "hostPorts must cover webrtc_ports exactly"
+        assert cfg.get("public_ip"), "hostPort mode needs public_ip"
+
+
+def test_pod_security_level(overlay):
+    """The namespace enforces the strictest Pod Security level the pod meets."""
+    labels = only(overlay, "Namespace")["metadata"].get("labels", {})
+    level = labels.get("pod-security.kubernetes.io/enforce")
+    spec = pod_spec(overlay)
+    host = spec.get("hostNetwork") or any("hostPort" in p for p in container(overlay).get("ports", []))
+    assert level == ("privileged" if host else "restricted")
+
+
+# ---------------------------------------------------- overlay specifics
+
+
+def test_camera_overlay():
+    docs = render(DEPLOYABLE["camera"])
+    cfg = livegate_config(docs)
+    assert [s["source"] for s in cfg["stream"]] == ["v4l2:/dev/video0"]
+    assert container(docs)["resources"]["limits"]["smarter-devices/video0"] in ("1", 1)
+    spec = pod_spec(docs)
+    assert spec.get("hostNetwork") is True
+    assert spec["nodeSelector"]["smarter-device-manager"] == "enabled"
+
+
+def test_test_overlay_runs_anywhere():
+    docs = render(DEPLOYABLE["test"])
+    cfg = livegate_config(docs)
+    assert [s["source"] for s in cfg["stream"]] == ["test"]
+    res = container(docs)["resources"]
+    assert not any(k.startswith("smarter-devices/") for k in [*res.get("limits", {}), *res.get("requests", {})])
+    spec = pod_spec(docs)
+    assert not spec.get("hostNetwork"), "the test overlay uses the pod network"
+    assert not spec.get("nodeSelector"), "the test overlay schedules anywhere"
+
+
+# ------------------------------------------------------ device manager
+
+
+def test_device_manager():
+    docs = load_file(DEVICE_MANAGER)
+    ns = only(docs, "Namespace")["metadata"]["name"]
+    cm = only(docs, "ConfigMap")
+    ds = only(docs, "DaemonSet")
+    assert cm["metadata"]["namespace"] == ns and ds["metadata"]["namespace"] == ns
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"smarter-device-manager": "enabled"}
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec.get("hostNetwork") is True
+    assert spec.get("tolerations")
+    (c,) = spec["containers"]
+    assert c["image"] == "registry.gitlab.com/arm-research/smarter/smarter-device-manager:v1.20.11"
+    assert {"cpu", "memory"} <= c["resources"]["limits"].keys()
+    sc = c["securityContext"]
+    assert sc.get("allowPrivilegeEscalation") is False
+    assert sc.get("capabilities", {}).get("drop") == ["ALL"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/dev"].get("readOnly") is True
+    assert not mounts["/var/lib/kubelet/device-plugins"].get("readOnly"), "socket dir is written"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols[mounts["/root/config"]["name"]]["configMap"]["name"] == cm["metadata"]["name"]
+    conf = yaml.safe_load(cm["data"]["conf.yaml"])
+    video = [e for e in conf if re.search(e["devicematch"], "video0")]
+    assert video and video[0]["nummaxdevices"] == 1, "one owner per camera"
+    assert not re.search(video[0]["devicematch"], "vhost-net")
+
+
+# ------------------------------------------------- livegate's own loader
+
+
+def livegate_bin() -> Path | None:
+    if os.environ.get("LIVEGATE_BIN"):
+        binary = Path(os.environ["LIVEGATE_BIN"])
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            pytest.fail(f"LIVEGATE_BIN={binary} is not an executable file")
+        return binary
+    for p in (ROOT / "target" / "debug" / "livegate", ROOT / "target" / "release" / "livegate"):
+        if p.is_file() and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def check_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
+    binary = livegate_bin()
+    if binary is None:
+        pytest.skip(
+            "livegate binary not built: set LIVEGATE_BIN or build target/debug/livegate "
+            "to check the rendered configs with `livegate --check-config`"
+        )
+    cfg = tmp_path / CONFIG_KEY
+    cfg.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEGATE_")}
+    # Paths that exist only inside the pod are pointed at scratch copies
+    # (env beats the file); every other setting comes from the ConfigMap.
+    (tmp_path / "hls").mkdir(exist_ok=True)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    env["LIVEGATE_HLS_DIR"] = str(tmp_path / "hls")
+    env["LIVEGATE_STATE_DIR"] = str(tmp_path / "state")
+    if shutil.which("openssl"):
+        crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+        if not crt.exists():
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-days", "1", "-subj", "/CN=livegate-test",
+                 "-keyout", str(key), "-out", str(crt)],
+                check=True, capture_output=True,
+            )
+        env["LIVEGATE_TLS_CERT"] = str(crt)
+        env["LIVEGATE_TLS_KEY"] = str(key)
+    return subprocess.run(
+        [str(binary), "--config", str(cfg), "--check-config"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_config_loads_with_livegate(name, tmp_path):
+    cm, _, ref = config_mount(render(DEPLOYABLE[name]))
+    text = cm["data"][ref["key"]]
+    proc = check_config(tmp_path, text)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"livegate --check-config rejected the {name} config:\n{out}"
+    for s in tomllib.loads(text)["stream"]:
+        assert s["source"] in out, f"effective settings do not show source {s['source']}:\n{out}"
+
+
+def test_check_config_rejects_a_bad_setting(tmp_path):
+    cm, _, ref = config_mount(render(DEPLOYABLE["test"]))
+    bad = re.sub(r"(?m)^fps = .*$", 'fps = "fast"', cm["data"][ref["key"]])
+    assert bad != cm["data"][ref["key"]]
+    proc = check_config(tmp_path, bad)
+    assert proc.returncode != 0, "a bad setting must fail --check-config"
+    assert "fps" in proc.stdout + proc.stderr, "the message names the bad setting"
+
+
+# ------------------------------------------------ image and build script
+
+
+def dockerfile_runtime_stage() -> str:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.split(r"(?m)^FROM ", text)
+    return stages[-1]
+
+
+def test_dockerfile():
+    text = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile_runtime_stage()
+    assert re.search(r"(?m)^FROM rust:1-\$\{DEBIAN_RELEASE\} AS build", text)
+    assert runtime.startswith("debian:${DEBIAN_RELEASE}-slim"), "slim runtime"
+    assert re.search(r"(?m)^ARG DEBIAN_RELEASE=bookworm$", text)
+    assert "cargo build --release --locked" in text
+    assert not re.search(r"(?mi)^HEALTHCHECK", text), "Kubernetes probes do health checks"
+    assert re.search(rf"(?m)^USER {UID}:{UID}$", runtime), "numeric non-root user"
+    assert re.search(r"(?m)^ENTRYPOINT \[\"/usr/local/bin/livegate\"\]$", runtime)
+    base = tomllib.loads((K8S / "base" / CONFIG_KEY).read_text())
+    ports = port_range(base["webrtc_ports"])
+    expose = f"EXPOSE {listen_port(base)}/tcp {ports.start}-{ports.stop - 1}/udp"
+    assert re.search(rf"(?m)^{re.escape(expose)}$", runtime)
+    for pkg in ("ca-certificates", "libgstreamer1.0-0", "gstreamer1.0-plugins-base",
+                "gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad",
+                "gstreamer1.0-plugins-ugly", "gstreamer1.0-libav"):
+        assert re.search(rf"\b{re.escape(pkg)}\b", runtime), pkg
+    assert "--groups video" in runtime
+    assert "-dev" not in runtime.split("LABEL", 1)[1], "no -dev packages at runtime"
+
+
+def test_dockerignore_keeps_secrets_and_target_out():
+    lines = set((ROOT / ".dockerignore").read_text().split())
+    assert {"target", ".git", "**/*.key", "**/*.pem"} <= lines
+    for needed in ("src", "web", "Cargo.toml", "Cargo.lock"):
+        assert needed not in lines
+
+
+def test_build_sh_syntax_and_lint():
+    script = ROOT / "build.sh"
+    assert os.access(script, os.X_OK), "build.sh must be executable"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", str(script), str(ROOT / "tests/k8s/run.sh")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
+
+
+def test_build_sh_dry_run():
+    env = {**os.environ, "PROFILE": "registry.example.com", "TAG": "v9.9.9"}
+    env.pop("IMAGE", None), env.pop("PLATFORMS", None), env.pop("LATEST", None)
+    proc = subprocess.run([str(ROOT / "build.sh"), "-d"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("docker ")]
+    assert lines[0].startswith("docker buildx create --name livegate-builder")
+    build = lines[-1]
+    assert build.startswith("docker buildx build ")
+    for part in ("--platform linux/amd64,linux/arm64", "--push",
+                 "--tag registry.example.com/livegate:v9.9.9", "--file Dockerfile ."):
+        assert part in build, part
+    help_proc = subprocess.run([str(ROOT / "build.sh"), "-h"], capture_output=True, text=True)
+    assert help_proc.returncode == 0 and "-d" in help_proc.stdout
+    nothing = subprocess.run([str(ROOT / "build.sh"), "-d"], capture_output=True, text=True,
+                             env={k: v for k, v in env.items() if k != "PROFILE"}, cwd=ROOT)
+    assert nothing.returncode != 0, "pushing needs PROFILE"
+
+
+# ------------------------------------------------------------- the guide
+
+
+def test_guide_references_exist():
+    guide = (ROOT / "docs" / "KUBERNETES.md").read_text()
+    refs = set(re.findall(r"\b((?:k8s|device_manager|tests/k8s)/[\w./-]*\w)", guide))
+    assert refs, "the guide names the files it uses"
+    missing = sorted(r for r in refs if not (ROOT / r).exists())
+    assert not missing, f"docs/KUBERNETES.md names missing files: {missing}"
