@@ -602,8 +602,8 @@ def test_build_sh_dry_run():
 
 
 def test_guide_references_exist():
-    guide = (ROOT / "docs" / "KUBERNETES.md").read_text()
+    guide = (ROOT / "README.md").read_text()
     refs = set(re.findall(r"\b((?:k8s|device_manager|tests/k8s)/[\w./-]*\w)", guide))
     assert refs, "the guide names the files it uses"
     missing = sorted(r for r in refs if not (ROOT / r).exists())
-    assert not missing, f"docs/KUBERNETES.md names missing files: {missing}"
+    assert not missing, f"README.md names missing files: {missing}"
