@@ -244,3 +244,44 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// Accepts any certificate and remembers the fingerprint of the one it saw.
+#[derive(Debug)]
+pub struct RecordingVerifier {
+    pub seen: Arc<Mutex<String>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(end_entity.as_ref());
+        *self.seen.lock().unwrap() = digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        AcceptAnyCertificate.verify_server_cert(end_entity, intermediates, name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        AcceptAnyCertificate.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        AcceptAnyCertificate.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        AcceptAnyCertificate.supported_verify_schemes()
+    }
+}
