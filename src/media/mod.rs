@@ -141,6 +141,11 @@ impl MediaStream {
             };
             *self.running.lock().expect("pipeline lock") = None;
             let err = match outcome {
+                // A file that played to its end loops: start it again at once.
+                Ok(()) if matches!(self.source, Source::File { .. }) => {
+                    tracing::info!(stream = %self.name, "file ended; looping");
+                    continue;
+                }
                 Ok(()) => MediaError::Runtime { stream: self.name.clone(), reason: "source ended".into() },
                 Err(err) => err,
             };

@@ -67,10 +67,17 @@ impl StreamPipeline {
     ) -> Result<StreamPipeline, MediaError> {
         let video = settings.video;
         let (description, capture_clock) = source::describe(source, video)?;
-        let source_bin = gst::parse::bin_from_description(&description, true).map_err(|err| MediaError::Source {
-            stream: stream.into(),
-            reason: format!("{err} (in `{description}`)"),
-        })?;
+        let source_error = |reason: String| MediaError::Source { stream: stream.into(), reason };
+        // Ghosting only our own output: ghosting "unlinked" pads would also grab the input of an
+        // element waiting for a dynamic pad (decodebin, rtspsrc) and break that delayed link.
+        let source_bin = gst::parse::bin_from_description(&description, false)
+            .map_err(|err| source_error(format!("{err} (in `{description}`)")))?;
+        let output = source_bin
+            .by_name(source::SOURCE_OUTPUT)
+            .and_then(|element| element.static_pad("src"))
+            .ok_or_else(|| source_error(format!("no output in `{description}`")))?;
+        let ghost = gst::GhostPad::with_target(&output).map_err(|err| source_error(err.to_string()))?;
+        source_bin.add_pad(&ghost).map_err(|err| source_error(err.to_string()))?;
         source_bin.set_property("name", "source");
 
         let pipeline = gst::Pipeline::with_name(stream);

@@ -16,17 +16,20 @@ pub enum CaptureClock {
     BufferTime,
 }
 
+/// Name of the last element of every source bin, whose output the bin exposes.
+pub const SOURCE_OUTPUT: &str = "source-output";
+
 /// A capsfilter for I420 at the target size and rate; a bin cannot end in bare caps.
 fn target_caps(video: &VideoSettings) -> String {
     format!(
-        "capsfilter caps=\"video/x-raw,format=I420,width={},height={},framerate={}/1,pixel-aspect-ratio=1/1\"",
+        "capsfilter name={SOURCE_OUTPUT} caps=\"video/x-raw,format=I420,width={},height={},framerate={}/1,pixel-aspect-ratio=1/1\"",
         video.width, video.height, video.fps
     )
 }
 
 /// Launch fragment turning any raw video into the target I420 size and rate.
 fn normalise(video: &VideoSettings) -> String {
-    format!("videoconvert ! videoscale ! videorate drop-only=true ! {}", target_caps(video))
+    format!("videoconvert ! videoscale ! videorate ! {}", target_caps(video))
 }
 
 /// Builds the launch description of a source and says how its frames are timed.

@@ -1,0 +1,229 @@
+// livegate in a real browser: the gateway binary and Debian's Chromium, both inside the
+// private network namespace made by scripts/netns-run (see run.sh). Scenarios from issue 3.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { Gateway, freePort } from './lib/gateway.mjs';
+import { assertClean, launchBrowser, newContext, readPage, screenshot } from './lib/browser.mjs';
+import { assertAdvancing, assertLatency, sleep, waitPlaying, waitViewers } from './lib/checks.mjs';
+
+const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-e2e-'));
+const gateways = [];
+let browser;
+const results = {}; // measured figures, printed at the end
+
+function gateway(opts) {
+  const gw = new Gateway({ stateDir, ...opts });
+  gateways.push(gw);
+  return gw;
+}
+
+function log(...args) { console.log('  ', ...args); }
+
+before(async () => {
+  browser = await launchBrowser();
+  log(`chromium ${browser.version()}`);
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  for (const gw of gateways) await gw.stop();
+  fs.rmSync(stateDir, { recursive: true, force: true });
+  console.log(`e2e figures: ${JSON.stringify(results)}`);
+});
+
+describe('one gateway, test stream on WebRTC media 127.0.0.1', () => {
+  let gw;
+  before(async () => { gw = await gateway({ name: 'main' }).start(); });
+  after(async () => { await gw.stop(); });
+
+  test('1. WebRTC plays: 1280x720 frames advance within 5 s, page says WebRTC, latency < 1 s', async () => {
+    const { context, report } = await newContext(browser, gw.origin);
+    try {
+      const page = await context.newPage();
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}/`);
+      const tookMs = await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+      const motion = await assertAdvancing(page);
+      const latency = await assertLatency(page, { maxMs: 1000 });
+      assert.equal((await readPage(page)).mode, 'WebRTC');
+      await screenshot(page, '1-webrtc');
+      results.webrtc = { firstFrameMs: tookMs, ...motion, latency };
+      log(`WebRTC playing after ${tookMs} ms, ${motion.fps} fps, page latency ${latency.displayed} ms (independent ${latency.independent} ms, max diff ${latency.maxDiff} ms)`);
+      assertClean(report, assert, 'WebRTC page');
+    } finally {
+      await context.close();
+    }
+  });
+
+  test('2. HLS plays: frames advance through hls.js, page says HLS, latency < 10 s', async () => {
+    const { context, report } = await newContext(browser, gw.origin);
+    try {
+      const page = await context.newPage();
+      const t0 = Date.now();
+      const hlsRequests = [];
+      page.on('request', (r) => { if (/\/hls\//.test(r.url())) hlsRequests.push(r.url()); });
+      await page.goto(`${gw.origin}/?mode=hls`);
+      const tookMs = await waitPlaying(page, 'HLS', t0 + 15000, t0);
+      const motion = await assertAdvancing(page);
+      const latency = await assertLatency(page, { maxMs: 10000 });
+      const shown = await readPage(page);
+      assert.equal(shown.mode, 'HLS');
+      assert.ok(shown.video.src.startsWith('blob:'), `hls.js feeds the video through MediaSource (src ${shown.video.src})`);
+      assert.ok(hlsRequests.some((u) => u.endsWith('.m3u8')), 'playlist fetched');
+      assert.ok(hlsRequests.some((u) => !u.endsWith('.m3u8')), 'segments fetched');
+      await screenshot(page, '2-hls');
+      results.hls = { firstFrameMs: tookMs, ...motion, latency };
+      log(`HLS playing after ${tookMs} ms, ${motion.fps} fps, page latency ${latency.displayed} ms (independent ${latency.independent} ms, max diff ${latency.maxDiff} ms)`);
+      assertClean(report, assert, 'HLS page');
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('fallback to HLS when WebRTC is impossible', () => {
+  test('3a. no RTCPeerConnection in the browser: auto mode plays HLS within 8 s and says so', async () => {
+    const gw = await gateway({ name: 'fallback-no-pc' }).start();
+    const { context, report } = await newContext(browser, gw.origin, {
+      initScripts: [() => { delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection; }],
+    });
+    try {
+      const page = await context.newPage();
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}/`);
+      assert.equal(await page.evaluate(() => typeof window.RTCPeerConnection), 'undefined');
+      const tookMs = await waitPlaying(page, 'HLS', t0 + 8000, t0);
+      await assertAdvancing(page, { ms: 1500 });
+      await assertLatency(page, { maxMs: 10000, ms: 1500 });
+      await screenshot(page, '3a-fallback-no-rtcpeerconnection');
+      results.fallbackNoPc = { hlsPlayingMs: tookMs };
+      log(`no RTCPeerConnection: HLS playing after ${tookMs} ms`);
+      assertClean(report, assert, 'fallback page');
+    } finally {
+      await context.close();
+      await gw.stop();
+    }
+  });
+
+  test('3b. WebRTC media unreachable: auto mode tries WebRTC, then plays HLS within 8 s and says so', async () => {
+    // Host candidates advertise a TEST-NET-1 address that routes nowhere in the namespace.
+    const gw = await gateway({ name: 'fallback-unreachable', extraArgs: ['--public-ip', '192.0.2.123'] }).start();
+    const { context, report } = await newContext(browser, gw.origin);
+    try {
+      const page = await context.newPage();
+      const sockets = [];
+      page.on('websocket', (ws) => sockets.push(ws.url()));
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}/`);
+      const tookMs = await waitPlaying(page, 'HLS', t0 + 8000, t0);
+      assert.ok(sockets.some((u) => u.includes('/ws/live')), 'WebRTC was tried first');
+      await assertAdvancing(page, { ms: 1500 });
+      await assertLatency(page, { maxMs: 10000, ms: 1500 });
+      await screenshot(page, '3b-fallback-webrtc-unreachable');
+      results.fallbackUnreachable = { hlsPlayingMs: tookMs };
+      log(`WebRTC unreachable: HLS playing after ${tookMs} ms`);
+      assertClean(report, assert, 'fallback page');
+    } finally {
+      await context.close();
+      await gw.stop();
+    }
+  });
+});
+
+test('4. comes back by itself: gateway stopped and restarted on the same port, page resumes without reload within 15 s', async () => {
+  const gw = gateway({ name: 'restart', port: await freePort() });
+  await gw.start();
+  const { context } = await newContext(browser, gw.origin);
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${gw.origin}/`);
+    await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+    await page.evaluate(() => { window.__e2eSamePage = true; });
+    const port = gw.port;
+
+    await gw.stop();
+    await page.waitForFunction(() => document.getElementById('state').textContent !== 'playing', null, { timeout: 10000 })
+      .catch(() => assert.fail('page still says playing after the gateway stopped'));
+    log(`gateway stopped; page says "${(await readPage(page)).state}"`);
+    await sleep(2000);
+
+    const t1 = Date.now();
+    await gw.start();
+    assert.equal(gw.port, port, 'restarted on the same port');
+    const shown = await readPage(page);
+    const mode = await page.waitForFunction(() => document.getElementById('state').textContent === 'playing'
+      && document.getElementById('mode').textContent, null, { timeout: Math.max(1, t1 + 15000 - Date.now()), polling: 100 })
+      .then((h) => h.jsonValue())
+      .catch(async () => assert.fail(`page did not resume within 15 s: ${JSON.stringify(await readPage(page))} (before: ${JSON.stringify(shown)})`));
+    const tookMs = await waitPlaying(page, mode, t1 + 15000, t1);
+    assert.equal(await page.evaluate(() => window.__e2eSamePage), true, 'no reload');
+    await assertAdvancing(page, { ms: 1500 });
+    await screenshot(page, '4-resumed-after-restart');
+    results.restart = { resumedMs: tookMs, mode };
+    log(`resumed on ${mode} ${tookMs} ms after the gateway was started again`);
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
+
+test('5. several streams: ?stream= and the switcher select each stream, and each plays', async () => {
+  const gw = await gateway({ name: 'two-streams', streams: ['alpha=test', 'beta=test'] }).start();
+  const { context, report } = await newContext(browser, gw.origin);
+  try {
+    const page = await context.newPage();
+    for (const name of ['beta', 'alpha']) {
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}/?stream=${name}`);
+      await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+      await assertAdvancing(page, { ms: 1000 });
+      const shown = await readPage(page);
+      assert.equal(shown.streamName, name, 'page names the stream');
+      assert.equal(shown.select, name, 'switcher shows the stream');
+      await waitViewers(gw, { [name]: 1, [name === 'alpha' ? 'beta' : 'alpha']: 0 }, 5000);
+      await screenshot(page, `5-stream-${name}`);
+    }
+    // The switcher: alpha -> beta without a reload.
+    const t0 = Date.now();
+    await page.evaluate(() => { window.__e2eSamePage = true; });
+    await page.selectOption('#stream-select', 'beta');
+    await page.waitForFunction(() => document.getElementById('stream-name').textContent === 'beta', null, { timeout: 3000 });
+    await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+    await assertAdvancing(page, { ms: 1000 });
+    assert.equal(await page.evaluate(() => window.__e2eSamePage), true, 'switched without a reload');
+    assert.match(page.url(), /[?&]stream=beta\b/);
+    await waitViewers(gw, { alpha: 0, beta: 1 }, 5000);
+    await screenshot(page, '5-switched-to-beta');
+    assertClean(report, assert, 'multi-stream page');
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
+
+test('6. many tabs: five pages play over WebRTC, /api/streams counts 5 viewers, then 0 after closing', async () => {
+  const gw = await gateway({ name: 'five-tabs' }).start();
+  const { context, report } = await newContext(browser, gw.origin);
+  try {
+    const pages = await Promise.all([0, 1, 2, 3, 4].map(() => context.newPage()));
+    const t0 = Date.now();
+    await Promise.all(pages.map((p) => p.goto(`${gw.origin}/`)));
+    await Promise.all(pages.map((p) => waitPlaying(p, 'WebRTC', t0 + 10000, t0)));
+    for (const p of pages) await assertAdvancing(p, { ms: 1000, minFps: 5 });
+    await waitViewers(gw, { live: 5 }, 3000);
+    await screenshot(pages[4], '6-five-tabs');
+    const tClose = Date.now();
+    await Promise.all(pages.map((p) => p.close({ runBeforeUnload: true })));
+    const goneMs = await waitViewers(gw, { live: 0 }, 5000);
+    results.fiveTabs = { viewersGoneMs: Date.now() - tClose };
+    log(`five tabs played; viewers back to 0 ${Date.now() - tClose} ms after closing (${goneMs} ms polling)`);
+    assertClean(report, assert, 'five tabs');
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
