@@ -73,7 +73,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .context("media setup failed")?,
     );
     let webrtc = Arc::new(webrtc::WebRtc::new(config.webrtc.clone(), stop.clone()).context("WebRTC setup failed")?);
-    let signalling = Arc::new(signalling::Signalling { webrtc: webrtc.clone(), feeds: media.clone() });
+    let signalling = Arc::new(signalling::Signalling {
+        webrtc: webrtc.clone(),
+        feeds: media.clone(),
+        ice_servers: config.webrtc.ice_servers.clone(),
+    });
     let state = Arc::new(http::AppState { config: config.clone(), media: media.clone(), webrtc: webrtc.clone() });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");

@@ -115,9 +115,14 @@ fn decode_ts(ts: &[u8]) -> (u64, u64, (u32, u32)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_http_input_gets_clear_answers() {
-    let gateway = Gateway::start(&["--max-viewers", "1"]);
+    let gateway = Gateway::start(&["--max-viewers", "1", "--ice-server", "turn:user:pass@turn.example.org:3478"]);
     gateway.wait_for_state("live", "playing", START).await;
     let http = client();
+    let config: Value = http.get(gateway.url("/api/config")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        config,
+        json!({"iceServers": [{"urls": ["turn:turn.example.org:3478"], "username": "user", "credential": "pass"}]})
+    );
     let whep = |stream: &str, content_type: &str, body: String| {
         http.post(gateway.url(&format!("/whep/{stream}"))).header("content-type", content_type).body(body).send()
     };
@@ -157,6 +162,7 @@ async fn bad_http_input_gets_clear_answers() {
     // --max-viewers 1: the first viewer plays, the second is turned away.
     let first = Viewer::new();
     first.connect_whep(&gateway.base, "live").await;
+    assert_eq!(gateway.stream("live").await["viewers"], 1);
     let second = Viewer::new();
     let full = whep("live", "application/sdp", second.offer()).await.unwrap();
     assert_eq!(full.status(), 503);

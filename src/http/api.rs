@@ -22,6 +22,10 @@ pub struct StreamInfo {
     pub height: u32,
     pub fps: u32,
     pub viewers: usize,
+    /// RTP packets sent to WebRTC viewers, all of them, since start.
+    pub packets_sent: u64,
+    /// Packets viewers missed because they lagged, or skipped until a keyframe.
+    pub packets_dropped: u64,
     pub hls: String,
     pub whep: String,
     pub ws: String,
@@ -36,6 +40,7 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
         .map(|stream| {
             let (stream_state, error) = stream.status();
             let name = &stream.name;
+            let (packets_sent, packets_dropped) = state.webrtc.stream_totals(name);
             StreamInfo {
                 name: name.clone(),
                 source: stream.source.to_string(),
@@ -45,6 +50,8 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
                 height: stream.video.height,
                 fps: stream.video.fps,
                 viewers: state.webrtc.viewer_count(name),
+                packets_sent,
+                packets_dropped,
                 hls: format!("/hls/{name}/index.m3u8"),
                 whep: format!("/whep/{name}"),
                 ws: format!("/ws/{name}"),

@@ -9,6 +9,7 @@ pub mod ws;
 
 use std::sync::Arc;
 
+use crate::config::IceServer;
 use crate::webrtc::{Feed, WebRtc, WebRtcError};
 
 /// Finds the feed of a stream by name.
@@ -20,6 +21,8 @@ pub trait Feeds: Send + Sync + 'static {
 pub struct Signalling {
     pub webrtc: Arc<WebRtc>,
     pub feeds: Arc<dyn Feeds>,
+    /// STUN/TURN servers for viewers, announced in WHEP answers.
+    pub ice_servers: Vec<IceServer>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
 use super::{sdp, Signalling, SignallingError};
+use crate::config::IceServer;
 
 pub const SDP_MIME: &str = "application/sdp";
 
@@ -31,7 +32,7 @@ pub async fn offer(
     let (events, _) = mpsc::unbounded_channel();
     let (viewer, answer) = signalling.webrtc.answer(&stream, feed, offer, events).await?;
     let location = format!("/whep/{stream}/{}", viewer.id);
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(SDP_MIME)),
@@ -39,7 +40,35 @@ pub async fn offer(
         ],
         answer,
     )
-        .into_response())
+        .into_response();
+    for link in ice_server_links(&signalling.ice_servers) {
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().append(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+/// WHEP announces ICE servers as `Link: <url>; rel="ice-server"` headers (RFC 8288 attributes
+/// carry TURN credentials).
+pub fn ice_server_links(servers: &[IceServer]) -> Vec<String> {
+    let quote = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"");
+    servers
+        .iter()
+        .flat_map(|server| {
+            server.urls.iter().map(move |url| {
+                let mut link = format!("<{url}>; rel=\"ice-server\"");
+                if let (Some(username), Some(credential)) = (&server.username, &server.credential) {
+                    link += &format!(
+                        "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                        quote(username),
+                        quote(credential)
+                    );
+                }
+                link
+            })
+        })
+        .collect()
 }
 
 /// `DELETE /whep/{stream}/{session}`
@@ -69,4 +98,24 @@ pub async fn patch() -> Response {
 /// `OPTIONS` on either resource: CORS preflight.
 pub async fn options() -> Response {
     (StatusCode::NO_CONTENT, [("accept-post", SDP_MIME)]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_servers_become_link_headers() {
+        let servers = vec![
+            "stun:stun.example.org:3478".parse::<IceServer>().unwrap(),
+            "turn:al\"ice:secret@turn.example.org:3478?transport=udp".parse::<IceServer>().unwrap(),
+        ];
+        assert_eq!(
+            ice_server_links(&servers),
+            vec![
+                r#"<stun:stun.example.org:3478>; rel="ice-server""#.to_owned(),
+                r#"<turn:turn.example.org:3478?transport=udp>; rel="ice-server"; username="al\"ice"; credential="secret"; credential-type="password""#.to_owned(),
+            ]
+        );
+    }
 }

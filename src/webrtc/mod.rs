@@ -110,18 +110,36 @@ impl Drop for ViewerSlot {
     }
 }
 
-/// Counters every viewer keeps, for the API and the benchmarks.
+/// Packet counters, kept per viewer and summed per stream, for the API and the benchmarks.
 #[derive(Default)]
-pub struct ViewerStats {
+pub struct PacketStats {
     pub packets_sent: AtomicU64,
     pub packets_dropped: AtomicU64,
+}
+
+/// A viewer's own counters and its stream's totals, counted together.
+pub struct ViewerStats {
+    pub own: PacketStats,
+    stream: Arc<PacketStats>,
+}
+
+impl ViewerStats {
+    fn sent(&self) {
+        self.own.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.stream.packets_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, packets: u64) {
+        self.own.packets_dropped.fetch_add(packets, Ordering::Relaxed);
+        self.stream.packets_dropped.fetch_add(packets, Ordering::Relaxed);
+    }
 }
 
 /// One connected (or connecting) viewer.
 pub struct Viewer {
     pub id: String,
     pub stream: String,
-    pub stats: Arc<ViewerStats>,
+    pub stats: ViewerStats,
     peer: Arc<dyn PeerConnection>,
     closed: CancellationToken,
     _slot: ViewerSlot,
@@ -153,6 +171,7 @@ pub struct WebRtc {
     engine: MediaEngine,
     ports: PortPool,
     counts: Arc<Mutex<HashMap<String, usize>>>,
+    totals: Mutex<HashMap<String, Arc<PacketStats>>>,
     viewers: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
     shutdown: CancellationToken,
 }
@@ -199,6 +218,7 @@ impl WebRtc {
             engine: media_engine()?,
             settings,
             counts: Default::default(),
+            totals: Default::default(),
             viewers: Default::default(),
             shutdown,
         })
@@ -206,6 +226,12 @@ impl WebRtc {
 
     pub fn viewer_count(&self, stream: &str) -> usize {
         self.counts.lock().expect("viewer count lock").get(stream).copied().unwrap_or(0)
+    }
+
+    /// Packets sent to and dropped for every viewer the stream ever had.
+    pub fn stream_totals(&self, stream: &str) -> (u64, u64) {
+        let totals = self.totals.lock().expect("totals lock").get(stream).cloned().unwrap_or_default();
+        (totals.packets_sent.load(Ordering::Relaxed), totals.packets_dropped.load(Ordering::Relaxed))
     }
 
     pub fn viewer(&self, id: &str) -> Option<Arc<Viewer>> {
@@ -283,7 +309,10 @@ impl WebRtc {
         let viewer = Arc::new(Viewer {
             id: uuid::Uuid::new_v4().to_string(),
             stream: stream.into(),
-            stats: Default::default(),
+            stats: ViewerStats {
+                own: PacketStats::default(),
+                stream: self.totals.lock().expect("totals lock").entry(stream.into()).or_default().clone(),
+            },
             peer: peer.clone(),
             closed: self.shutdown.child_token(),
             _slot: slot,
@@ -405,8 +434,8 @@ async fn serve_viewer(
     tracing::info!(
         viewer = %viewer.id,
         stream = %viewer.stream,
-        sent = viewer.stats.packets_sent.load(Ordering::Relaxed),
-        dropped = viewer.stats.packets_dropped.load(Ordering::Relaxed),
+        sent = viewer.stats.own.packets_sent.load(Ordering::Relaxed),
+        dropped = viewer.stats.own.packets_dropped.load(Ordering::Relaxed),
         "viewer left"
     );
 }
@@ -426,7 +455,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
             Ok(packet) => packet,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 forwarder.lagged(missed);
-                viewer.stats.packets_dropped.fetch_add(missed, Ordering::Relaxed);
+                viewer.stats.dropped(missed);
                 feed.request_keyframe();
                 continue;
             }
@@ -437,11 +466,9 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
                 if track.write_rtp(rtp).await.is_err() {
                     return;
                 }
-                viewer.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                viewer.stats.sent();
             }
-            Verdict::WaitingForKeyframe => {
-                viewer.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            Verdict::WaitingForKeyframe => viewer.stats.dropped(1),
             Verdict::Malformed => {
                 tracing::warn!(stream = %viewer.stream, "malformed RTP packet from the pipeline")
             }
