@@ -82,7 +82,8 @@ fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
 /// Profile-level-ids we answer: constrained baseline 3.1, and Chrome's "42001f" variant.
 pub const H264_PROFILE_LEVEL_IDS: [&str; 2] = ["42e01f", "42001f"];
 
-fn media_engine() -> Result<MediaEngine, WebRtcError> {
+/// A media engine with our H.264 registrations (the load-test viewers use it too).
+pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
     let mut engine = MediaEngine::default();
     for (i, profile) in H264_PROFILE_LEVEL_IDS.iter().enumerate() {
         engine

@@ -45,7 +45,6 @@ export async function newContext(browser, origin, { initScripts = [] } = {}) {
       if (/mixed content/i.test(msg.text())) report.insecure.push(text);
     });
     page.on('pageerror', (err) => report.pageErrors.push(String(err && err.stack || err)));
-    page.on('request', (req) => checkUrl(req.url()));
     page.on('websocket', (ws) => checkUrl(ws.url()));
   };
   const checkUrl = (url) => {
@@ -56,6 +55,7 @@ export async function newContext(browser, origin, { initScripts = [] } = {}) {
     if (o !== origin) report.foreignRequests.push(url);
   };
   context.on('page', watch);
+  context.on('request', (req) => checkUrl(req.url())); // pages and their workers
   return { context, report };
 }
 
