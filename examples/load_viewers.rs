@@ -77,7 +77,11 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-async fn viewer(http: reqwest::Client, url: String, bind: IpAddr) -> anyhow::Result<(Arc<dyn PeerConnection>, Arc<Counters>)> {
+async fn viewer(
+    http: reqwest::Client,
+    url: String,
+    bind: IpAddr,
+) -> anyhow::Result<(Arc<dyn PeerConnection>, Arc<Counters>)> {
     let counters = Arc::new(Counters::default());
     let (gathered_tx, mut gathered) = watch::channel(false);
     let handler = Arc::new(Handler { counters: counters.clone(), gathered: gathered_tx, started: Instant::now() });
@@ -139,7 +143,9 @@ async fn main() -> anyhow::Result<()> {
     let measuring = Instant::now();
     let before: Vec<(u64, u64, u64)> = viewers
         .iter()
-        .map(|(_, c)| (c.packets.load(Ordering::Relaxed), c.frames.load(Ordering::Relaxed), c.lost.load(Ordering::Relaxed)))
+        .map(|(_, c)| {
+            (c.packets.load(Ordering::Relaxed), c.frames.load(Ordering::Relaxed), c.lost.load(Ordering::Relaxed))
+        })
         .collect();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let elapsed = measuring.elapsed().as_secs_f64();

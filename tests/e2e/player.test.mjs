@@ -34,7 +34,7 @@ after(async () => {
   console.log(`e2e figures: ${JSON.stringify(results)}`);
 });
 
-describe('one gateway, test stream on WebRTC media 127.0.0.1', () => {
+describe('one gateway: test stream, WebRTC media on 127.0.0.1', () => {
   let gw;
   before(async () => { gw = await gateway({ name: 'main' }).start(); });
   after(async () => { await gw.stop(); });
@@ -131,7 +131,7 @@ describe('one gateway, test stream on WebRTC media 127.0.0.1', () => {
   });
 });
 
-describe('fallback to HLS when WebRTC is impossible', () => {
+describe('a gateway whose WebRTC media cannot be reached', () => {
   test('3b. WebRTC media unreachable: auto mode tries WebRTC, then plays HLS within 8 s and says so', async () => {
     // Host candidates advertise a TEST-NET-1 address that routes nowhere in the namespace.
     const gw = await gateway({ name: 'fallback-unreachable', extraArgs: ['--public-ip', '192.0.2.123'] }).start();

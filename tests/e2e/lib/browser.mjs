@@ -32,15 +32,23 @@ export async function launchBrowser() {
  * everything "unclean" a page does: console errors, uncaught exceptions, requests to any other
  * origin than the gateway's, insecure (http:/ws:) requests.
  */
+const consoleOf = new WeakMap();
+/** The page's console messages so far (for failure messages). */
+export function pageConsole(page) {
+  return consoleOf.get(page) || [];
+}
+
 export async function newContext(browser, origin, { initScripts = [] } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors: true });
   for (const s of initScripts) await context.addInitScript(s);
   await context.addInitScript(PROBE);
   const report = { consoleErrors: [], pageErrors: [], foreignRequests: [], insecure: [], console: [] };
   const watch = (page) => {
+    consoleOf.set(page, []);
     page.on('console', (msg) => {
       const text = `${msg.type()}: ${msg.text()}`;
       report.console.push(text);
+      consoleOf.get(page).push(`${new Date().toISOString().slice(11, 23)} ${text}`);
       if (msg.type() === 'error') report.consoleErrors.push(text);
       if (/mixed content/i.test(msg.text())) report.insecure.push(text);
     });

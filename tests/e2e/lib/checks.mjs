@@ -1,6 +1,6 @@
 // Assertions on what a person would see, shared by the scenarios.
 import assert from 'node:assert/strict';
-import { readPage } from './browser.mjs';
+import { pageConsole, readPage } from './browser.mjs';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -20,7 +20,8 @@ export async function waitPlaying(page, mode, deadline, since) {
     }, mode, { timeout, polling: 100 });
   } catch (e) {
     const seen = await readPage(page).catch(() => null);
-    assert.fail(`not playing ${mode} within ${Math.round((deadline - since) / 1000)} s; page: ${JSON.stringify(seen)}`);
+    assert.fail(`not playing ${mode} within ${Math.round((deadline - since) / 1000)} s; page: ${JSON.stringify(seen)}; `
+      + `console:\n  ${pageConsole(page).slice(-15).join('\n  ')}`);
   }
   await page.evaluate(() => { delete window.__e2e.seen; });
   return Date.now() - since;
@@ -39,7 +40,10 @@ export async function assertAdvancing(page, { ms = 2000, width = 1280, height = 
     return { frames: p.frames, t: performance.now(), samples: p.samples.slice(-Math.min(p.samples.length, 200)) };
   }, before.n);
   const fps = ((after.frames - before.frames) * 1000) / (after.t - before.t);
-  assert.ok(fps >= minFps, `frames advance at ${fps.toFixed(1)} fps (want >= ${minFps})`);
+  if (fps < minFps) {
+    assert.fail(`frames advance at ${fps.toFixed(1)} fps (want >= ${minFps}); page: ${JSON.stringify(await readPage(page))}; `
+      + `console:\n  ${pageConsole(page).slice(-15).join('\n  ')}`);
+  }
   const recent = after.samples.filter((s) => s.t >= before.t);
   assert.ok(recent.length >= 2, 'frame samples recorded');
   for (const s of recent) assert.equal(`${s.w}x${s.h}`, `${width}x${height}`, 'decoded frame size');
