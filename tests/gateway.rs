@@ -289,3 +289,26 @@ fn start_up_errors_name_the_problem() {
     assert_ne!(code, 0, "a broken certificate is fatal, never a fallback to HTTP");
     assert!(stderr.contains("TLS") && stderr.contains("tls.crt"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_plays_the_hls_stream() {
+    let gateway = Gateway::start(&[]);
+    gateway.wait_for_state("live", "playing", START).await;
+    let playlist = gateway.url("/hls/live/index.m3u8");
+    // Wait for a playlist with segments: ffmpeg reads a live playlist as it is at the start.
+    let started = Instant::now();
+    while !client().get(&playlist).send().await.unwrap().text().await.unwrap().contains(".ts") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no HLS segment");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let output = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostats", "-tls_verify", "0", "-i", &playlist, "-t", "2", "-f", "framemd5", "-"])
+        .output()
+        .await
+        .expect("ffmpeg is installed (scripts/install-deps test)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ffmpeg failed: {stderr}");
+    assert!(stderr.contains("h264") && stderr.contains("1280x720"), "{stderr}");
+    let frames = String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.starts_with('#')).count();
+    assert!(frames >= 50, "ffmpeg decoded {frames} frames in 2 s of a 30 fps stream");
+}

@@ -38,6 +38,7 @@ let webrtcPortBase = 52000;
  *   webrtcBind  address WebRTC media binds to (default 127.0.0.1)
  *   webrtcPorts 'LOW-HIGH' (default: a fresh range of 40 per gateway)
  *   extraArgs   more flags
+ *   logDir      where its log goes (default target/e2e/logs)
  */
 export class Gateway {
   constructor(opts) {
@@ -72,8 +73,9 @@ export class Gateway {
   async start({ timeoutMs = 20000 } = {}) {
     if (this.proc) throw new Error('gateway already running');
     this.starts++;
-    fs.mkdirSync(path.join(OUT_DIR, 'logs'), { recursive: true });
-    const logPath = path.join(OUT_DIR, 'logs', `${this.opts.name}${this.starts > 1 ? `-${this.starts}` : ''}.log`);
+    const logDir = this.opts.logDir || path.join(OUT_DIR, 'logs');
+    fs.mkdirSync(logDir, { recursive: true });
+    const logPath = path.join(logDir, `${this.opts.name}${this.starts > 1 ? `-${this.starts}` : ''}.log`);
     this.logPath = logPath;
     const log = fs.createWriteStream(logPath);
     const proc = spawn(gatewayBinary(), this.args(), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,0 +1,417 @@
+// livegate benchmarks (issue 4): glass-to-glass latency decoded from the latency strip in
+// Chromium (requestVideoFrameCallback + canvas, tests/e2e/lib/probe.js), time to first frame,
+// fan-out with light WebRTC viewers, encoder cost, and the original design (gst-launch +
+// hlssink2 defaults) as the baseline. Run through bench/run.sh, inside scripts/netns-run.
+//
+//   node bench/bench.mjs [--quick] [--only=encoder,webrtc,hls,ttff,fanout,baseline] [--no-docs]
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Gateway, ROOT } from '../tests/e2e/lib/gateway.mjs';
+import { launchBrowser, newContext, pageConsole } from '../tests/e2e/lib/browser.mjs';
+import { sleep, waitPlaying } from '../tests/e2e/lib/checks.mjs';
+import { CLK_TCK, CORES, cpuTicks, cpuWindow, descendants, memory, round } from './lib/proc.mjs';
+import { summary } from './lib/stats.mjs';
+import { startStaticServer } from './lib/static-server.mjs';
+import { writeReport } from './lib/report.mjs';
+
+const args = process.argv.slice(2);
+const QUICK = args.includes('--quick');
+const ONLY = (args.find((a) => a.startsWith('--only=')) || '').slice(7).split(',').filter(Boolean);
+const WRITE_DOCS = !args.includes('--no-docs') && !ONLY.length;
+const want = (name) => !ONLY.length || ONLY.includes(name);
+
+const FPS = 30;
+const WIDTH = 1280;
+const HEIGHT = 720;
+const SETTINGS = QUICK
+  ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, baselineS: 25 }
+  : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, baselineS: 90 };
+const LOAD_VIEWERS = path.join(ROOT, process.env.LIVEGATE_LOAD_VIEWERS || 'target/release/examples/load_viewers');
+const BASELINE_PY = path.join(ROOT, 'bench/baseline.py');
+const OUT = path.join(ROOT, 'target/bench');
+const VIEWER_BIND = '127.0.0.1';
+
+const started = new Date();
+const log = (...a) => console.log(`[bench ${((Date.now() - started.getTime()) / 1000).toFixed(0).padStart(4)} s]`, ...a);
+
+// ------------------------------------------------------------------ helpers
+
+/** Chromium's processes: descendants of this node process whose name says so. */
+function chromiumPids() {
+  return descendants(process.pid).filter((pid) => {
+    try { return /chrom/i.test(fs.readFileSync(`/proc/${pid}/comm`, 'utf8')); } catch (_) { return false; }
+  });
+}
+
+/**
+ * Per-second samples of one process's CPU (cores) and RSS while running; stop() summarises.
+ */
+function sampler(pid) {
+  const perSecond = [];
+  const rss = [];
+  let last = { t: process.hrtime.bigint(), ticks: cpuTicks(pid) };
+  const timer = setInterval(() => {
+    const now = { t: process.hrtime.bigint(), ticks: cpuTicks(pid) };
+    if (now.ticks !== null && last.ticks !== null) {
+      const s = Number(now.t - last.t) / 1e9;
+      perSecond.push(round((now.ticks - last.ticks) / CLK_TCK / s, 3));
+    }
+    last = now;
+    const m = memory(pid);
+    if (m.rssMb !== null) rss.push(round(m.rssMb, 1));
+  }, 1000);
+  return {
+    stop() {
+      clearInterval(timer);
+      const m = memory(pid);
+      return { coresPerSecond: summary(perSecond), rssMb: summary(rss), rssEndMb: round(m.rssMb, 1), hwmMb: round(m.hwmMb, 1) };
+    },
+  };
+}
+
+/** The probe's new samples since `lastT`, and its counters. */
+async function readProbe(page, lastT) {
+  return page.evaluate((t) => {
+    const p = window.__e2e;
+    return {
+      frames: p.frames,
+      decoded: p.decoded,
+      now: performance.now(),
+      samples: p.samples.filter((s) => s.t > t).map((s) => ({ t: s.t, latency: s.latency, value: s.value })),
+    };
+  }, lastT);
+}
+
+/**
+ * Records what the page shows for `seconds`: every latency sample (polled every 2 s from the
+ * probe's ring of 600 frames), frames presented (rVFC), distinct capture times, freezes.
+ */
+async function measurePage(page, seconds, onTick) {
+  const first = await readProbe(page, Infinity);
+  const t0 = first.now;
+  let lastT = t0;
+  const samples = [];
+  const end = Date.now() + seconds * 1000;
+  let r = first;
+  while (Date.now() < end) {
+    await sleep(Math.min(2000, Math.max(0, end - Date.now())));
+    r = await readProbe(page, lastT);
+    for (const s of r.samples) samples.push(s);
+    if (r.samples.length) lastT = r.samples[r.samples.length - 1].t;
+    if (onTick) onTick();
+  }
+  const dur = (r.now - t0) / 1000;
+  const lat = samples.map((s) => s.latency).filter((x) => x !== null);
+  const distinct = new Set(samples.map((s) => s.value).filter((v) => v !== null)).size;
+  // Freezes: the picture did not change for more than 200 ms (6 frame times).
+  let frozenMs = 0;
+  let longestFreezeMs = 0;
+  let prev = t0;
+  for (const s of samples.concat([{ t: r.now }])) {
+    const gap = s.t - prev;
+    if (gap > 200) frozenMs += gap;
+    longestFreezeMs = Math.max(longestFreezeMs, gap);
+    prev = s.t;
+  }
+  return {
+    seconds: round(dur, 2),
+    latencyMs: summary(lat),
+    framesShown: r.frames - first.frames,
+    framesDecoded: lat.length,
+    distinctFramesShown: distinct,
+    framesSent: Math.round(dur * FPS),
+    frozenMs: Math.round(frozenMs),
+    longestFreezeMs: Math.round(longestFreezeMs),
+    latencies: lat,
+  };
+}
+
+async function streamTotals(gw) {
+  const s = (await gw.streams()).find((x) => x.name === 'live');
+  return { viewers: s.viewers, packetsSent: s.packets_sent, packetsDropped: s.packets_dropped };
+}
+
+async function waitViewerCount(gw, n, timeoutMs) {
+  const t0 = Date.now();
+  for (;;) {
+    const { viewers } = await streamTotals(gw);
+    if (viewers === n) return Date.now() - t0;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`gateway has ${viewers} viewers, want ${n} within ${timeoutMs} ms`);
+    await sleep(250);
+  }
+}
+
+/** Opens the player in `mode` in a fresh context and waits until it plays. */
+async function openPlayer(browser, origin, mode, timeoutMs) {
+  const { context } = await newContext(browser, origin);
+  const page = await context.newPage();
+  const t0 = Date.now();
+  await page.goto(`${origin}/?mode=${mode.toLowerCase()}`);
+  await waitPlaying(page, mode === 'webrtc' ? 'WebRTC' : 'HLS', t0 + timeoutMs, t0);
+  return { context, page };
+}
+
+function sessionEnds(page) {
+  return pageConsole(page).filter((l) => /session \d+ ended/.test(l));
+}
+
+// ---------------------------------------------------------------- scenarios
+
+async function encoderCost(gw) {
+  await waitViewerCount(gw, 0, 30000);
+  await sleep(2000);
+  const win = cpuWindow(() => ({ gateway: [gw.proc.pid] }));
+  const smp = sampler(gw.proc.pid);
+  await sleep(SETTINGS.encoderS * 1000);
+  const cpu = win.stop();
+  return { ...cpu, gatewayCores: cpu.cores.gateway, ...smp.stop() };
+}
+
+async function latencyScenario(browser, gw, mode, seconds) {
+  const { context, page } = await openPlayer(browser, gw.origin, mode, mode === 'webrtc' ? 15000 : 30000);
+  try {
+    await sleep(SETTINGS.warmupS * 1000);
+    const s0 = await streamTotals(gw);
+    const win = cpuWindow(() => ({ gateway: [gw.proc.pid], chromium: chromiumPids() }));
+    const smp = sampler(gw.proc.pid);
+    const m = await measurePage(page, seconds);
+    const cpu = win.stop();
+    const s1 = await streamTotals(gw);
+    return {
+      mode, ...m, ...cpu, gateway: smp.stop(),
+      packetsSent: s1.packetsSent - s0.packetsSent, packetsDropped: s1.packetsDropped - s0.packetsDropped,
+      sessionEnds: sessionEnds(page),
+    };
+  } finally {
+    await context.close();
+  }
+}
+
+async function timeToFirstFrame(browser, origin, mode, tries) {
+  const out = [];
+  const failures = [];
+  for (let i = 0; i < tries; i++) {
+    const { context } = await newContext(browser, origin);
+    try {
+      const page = await context.newPage();
+      const wall0 = Date.now();
+      await page.goto(`${origin}/?mode=${mode}`, { waitUntil: 'commit' });
+      await page.waitForFunction(() => window.__e2e && window.__e2e.samples.length > 0, null, { timeout: 20000, polling: 20 });
+      // rVFC's `now` is on the page's clock, whose origin is the start of the navigation.
+      const r = await page.evaluate(() => ({ first: window.__e2e.samples[0].t, origin: performance.timeOrigin }));
+      out.push({ ms: Math.round(r.first), wallMs: Math.round(r.origin + r.first - wall0) });
+    } catch (e) {
+      failures.push(String(e.message || e).split('\n')[0]);
+    } finally {
+      await context.close();
+    }
+    await sleep(300);
+  }
+  return { mode, tries, ms: summary(out.map((x) => x.ms)), wallMs: summary(out.map((x) => x.wallMs)), samples: out, failures };
+}
+
+function runLoadViewers(origin, n, seconds) {
+  const proc = spawn(LOAD_VIEWERS, [origin, 'live', String(n), String(seconds), VIEWER_BIND], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (d) => { stdout += d; });
+  proc.stderr.on('data', (d) => { stderr += d; });
+  const done = new Promise((resolve) => proc.once('exit', (code) => {
+    let json = null;
+    try { json = JSON.parse(stdout.trim().split('\n').pop()); } catch (_) { /* reported below */ }
+    resolve({ code, json, stderr: stderr.slice(-2000) });
+  }));
+  return { proc, done };
+}
+
+async function fanout(browser, gw) {
+  const { context, page } = await openPlayer(browser, gw.origin, 'webrtc', 15000);
+  const steps = [];
+  try {
+    for (const n of SETTINGS.fanout) {
+      log(`fan-out: ${n} light viewers + 1 Chromium`);
+      try {
+        await waitViewerCount(gw, 1, 60000); // the previous step's viewers are gone
+        const measureS = SETTINGS.fanoutS;
+        const lv = runLoadViewers(gw.origin, n, measureS + 3);
+        const connectMs = await waitViewerCount(gw, n + 1, 120000);
+        await sleep(1000);
+        const s0 = await streamTotals(gw);
+        const win = cpuWindow(() => ({ gateway: [gw.proc.pid], loadgen: [lv.proc.pid], chromium: chromiumPids() }));
+        const smp = sampler(gw.proc.pid);
+        const m = await measurePage(page, measureS);
+        const cpu = win.stop();
+        const gwStats = smp.stop();
+        const s1 = await streamTotals(gw);
+        const res = await lv.done;
+        const viewers = (res.json && res.json.viewers) || [];
+        const lost = viewers.map((v) => v.lost);
+        const received = viewers.reduce((a, v) => a + v.packets, 0);
+        const lostTotal = lost.reduce((a, b) => a + b, 0);
+        const sent = s1.packetsSent - s0.packetsSent;
+        const dropped = s1.packetsDropped - s0.packetsDropped;
+        steps.push({
+          n,
+          connected: viewers.filter((v) => v.connected).length,
+          connectAllMs: connectMs,
+          connectMs: summary(viewers.map((v) => v.connect_ms)),
+          failures: (res.json && res.json.failures) || [`load_viewers exited ${res.code}: ${res.stderr}`],
+          viewerFps: summary(viewers.map((v) => round(v.fps, 1))),
+          viewerLostPerViewer: summary(lost),
+          viewerLossPct: summary(viewers.map((v) => round(v.loss_ratio * 100, 3))),
+          viewerLossTotalPct: round((100 * lostTotal) / Math.max(1, received + lostTotal), 3),
+          loadViewersSeconds: res.json && round(res.json.seconds, 2),
+          gatewayPacketsSent: sent,
+          gatewayPacketsDropped: dropped,
+          gatewayDroppedPerViewer: round(dropped / (n + 1), 1),
+          gatewayDroppedPct: round((100 * dropped) / Math.max(1, sent + dropped), 3),
+          ...cpu,
+          gateway: gwStats,
+          chromium: m,
+        });
+        const st = steps[steps.length - 1];
+        log(`  N=${n}: gateway ${cpu.cores.gateway} cores, RSS ${gwStats.rssEndMb} MB, viewer loss ${st.viewerLossTotalPct} %, `
+          + `gateway dropped ${st.gatewayDroppedPct} %, Chromium p50 ${m.latencyMs.p50} ms p95 ${m.latencyMs.p95} ms`);
+      } catch (e) {
+        steps.push({ n, error: String(e.stack || e) });
+        log(`  N=${n} failed: ${e.message}`);
+      }
+    }
+  } finally {
+    await context.close();
+  }
+  return steps;
+}
+
+async function baseline(browser) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-baseline-'));
+  const logPath = path.join(OUT, 'logs', 'baseline.log');
+  fs.mkdirSync(path.dirname(logPath), { recursive: true });
+  const logFile = fs.openSync(logPath, 'w');
+  const t0 = Date.now();
+  const proc = spawn('/usr/bin/python3', [BASELINE_PY, dir, String(WIDTH), String(HEIGHT), String(FPS)], { stdio: ['ignore', logFile, logFile] });
+  const exited = new Promise((r) => proc.once('exit', r));
+  const server = await startStaticServer({ webDir: path.join(ROOT, 'web'), hlsDir: dir, width: WIDTH, height: HEIGHT, fps: FPS });
+  let context;
+  try {
+    const playlist = path.join(dir, 'index.m3u8');
+    for (;;) {
+      if (proc.exitCode !== null) throw new Error(`baseline pipeline exited ${proc.exitCode}; log: ${logPath}`);
+      try { if (/#EXTINF/.test(fs.readFileSync(playlist, 'utf8'))) break; } catch (_) { /* not yet */ }
+      if (Date.now() - t0 > 60000) throw new Error(`no baseline playlist within 60 s; log: ${logPath}`);
+      await sleep(100);
+    }
+    const firstPlaylistMs = Date.now() - t0;
+    log(`baseline: first playlist after ${firstPlaylistMs} ms; playing it`);
+    ({ context } = await newContext(browser, server.origin));
+    const page = await context.newPage();
+    const n0 = Date.now();
+    await page.goto(`${server.origin}/?mode=hls`);
+    await waitPlaying(page, 'HLS', n0 + 40000, n0);
+    const firstFrameMs = await page.evaluate(() => Math.round(window.__e2e.samples[0].t));
+    const win = cpuWindow(() => ({ baseline: [proc.pid], chromium: chromiumPids() }));
+    const smp = sampler(proc.pid);
+    const m = await measurePage(page, SETTINGS.baselineS);
+    const cpu = win.stop();
+    const playlistText = fs.readFileSync(playlist, 'utf8');
+    return {
+      firstPlaylistMs, firstFrameMs, ...m, ...cpu, pipeline: smp.stop(), sessionEnds: sessionEnds(page),
+      segmentDurations: [...playlistText.matchAll(/#EXTINF:([\d.]+)/g)].map((x) => round(Number(x[1]), 2)),
+      targetDuration: Number((playlistText.match(/#EXT-X-TARGETDURATION:(\d+)/) || [])[1]),
+    };
+  } finally {
+    if (context) await context.close();
+    await server.close();
+    proc.kill('SIGINT');
+    const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+    fs.closeSync(logFile);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ------------------------------------------------------------------- main
+
+function environment() {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  const model = (cpuinfo.match(/^model name\s*:\s*(.*)$/m) || [])[1] || 'unknown';
+  const sh = (cmd, a) => { try { return execFileSync(cmd, a, { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch (_) { return null; } };
+  const dirty = sh('git', ['status', '--porcelain', '--untracked-files=no']);
+  return {
+    date: started.toISOString(),
+    commit: `${sh('git', ['rev-parse', '--short', 'HEAD'])}${dirty ? ' (with uncommitted changes)' : ''}`,
+    cpuModel: model.trim(),
+    cores: CORES,
+    memoryGb: round(os.totalmem() / 2 ** 30, 1),
+    kernel: os.release(),
+    gstreamer: sh('gst-launch-1.0', ['--version'])?.split('\n').find((l) => /GStreamer/.test(l)) || null,
+    node: process.version,
+  };
+}
+
+async function main() {
+  fs.mkdirSync(OUT, { recursive: true });
+  for (const bin of [LOAD_VIEWERS, path.resolve(ROOT, process.env.LIVEGATE_BIN || 'target/release/livegate')]) {
+    if (!fs.existsSync(bin)) throw new Error(`${bin} missing: cargo build --release --bin livegate --example load_viewers`);
+  }
+  const results = { quick: QUICK, settings: { ...SETTINGS, fps: FPS, width: WIDTH, height: HEIGHT, viewerBind: VIEWER_BIND }, env: environment(), scenarios: {}, errors: {} };
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-bench-'));
+  const gw = new Gateway({
+    name: 'bench', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPorts: '50000-50499',
+    streams: ['live=test'], extraArgs: ['--max-viewers', '300', '--width', String(WIDTH), '--height', String(HEIGHT), '--fps', String(FPS)],
+  });
+  results.settings.gatewayArgs = gw.args();
+  const scenario = async (name, fn) => {
+    if (!want(name)) return;
+    const t0 = Date.now();
+    log(`${name}…`);
+    try {
+      results.scenarios[name] = await fn();
+    } catch (e) {
+      results.errors[name] = String(e.stack || e);
+      log(`${name} FAILED: ${e.message}`);
+    }
+    log(`${name} done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  };
+  let browser;
+  try {
+    await gw.start({ timeoutMs: 30000 });
+    log(`gateway ${gw.origin} pid ${gw.proc.pid}`);
+    await scenario('encoder', () => encoderCost(gw)); // before the browser exists: the gateway alone
+    browser = await launchBrowser();
+    results.env.chromium = browser.version();
+    await scenario('webrtc', () => latencyScenario(browser, gw, 'webrtc', SETTINGS.webrtcS));
+    await scenario('hls', () => latencyScenario(browser, gw, 'hls', SETTINGS.hlsS));
+    await scenario('ttff', async () => ({
+      webrtc: await timeToFirstFrame(browser, gw.origin, 'webrtc', SETTINGS.ttffTries),
+      hls: await timeToFirstFrame(browser, gw.origin, 'hls', SETTINGS.ttffTries),
+    }));
+    await scenario('fanout', () => fanout(browser, gw));
+    await gw.stop();
+    await scenario('baseline', () => baseline(browser));
+  } finally {
+    if (browser) await browser.close();
+    await gw.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  }
+  results.totalSeconds = round((Date.now() - started.getTime()) / 1000, 0);
+  const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const jsonPath = path.join(OUT, `${stamp}${QUICK ? '-quick' : ''}.json`);
+  fs.writeFileSync(jsonPath, `${JSON.stringify(results, null, 1)}\n`);
+  const docsPath = WRITE_DOCS && !QUICK ? path.join(ROOT, 'docs/BENCHMARKS.md') : path.join(OUT, `BENCHMARKS${QUICK ? '-quick' : ''}.md`);
+  const table = writeReport(results, { docsPath, jsonPath: path.relative(ROOT, jsonPath) });
+  console.log(`\n${table}\n`);
+  log(`raw results: ${path.relative(ROOT, jsonPath)}; report: ${path.relative(ROOT, docsPath)}; ${results.totalSeconds} s in all`);
+  if (Object.keys(results.errors).length) {
+    console.error(`bench: ${Object.keys(results.errors).length} scenario(s) failed: ${Object.keys(results.errors).join(', ')}`);
+    process.exitCode = 1;
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
