@@ -42,8 +42,14 @@ test-e2e:
 	$(CARGO) build $(RELEASE) --bin livegate
 	LIVEGATE_BIN=$(BIN) tests/e2e/run.sh
 
+# Benchmarks (docs/BENCHMARKS.md): `make bench` (full, rewrites docs/BENCHMARKS.md) or `make bench QUICK=1`.
+QUICK ?=
 bench:
-	@echo "benchmarks: see issue 4"
+	$(CARGO) build $(RELEASE) --bin livegate --example load_viewers
+	LIVEGATE_BIN=$(BIN) bench/run.sh $(if $(filter-out 0,$(QUICK)),--quick)
+
+bench-quick:
+	$(MAKE) bench QUICK=1
 
 fmt:
 	$(CARGO) fmt --all

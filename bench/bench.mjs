@@ -28,7 +28,7 @@ const HEIGHT = 720;
 const SETTINGS = QUICK
   ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, baselineS: 25 }
   : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, baselineS: 90 };
-const LOAD_VIEWERS = path.join(ROOT, process.env.LIVEGATE_LOAD_VIEWERS || 'target/release/examples/load_viewers');
+const LOAD_VIEWERS = path.resolve(ROOT, process.env.LIVEGATE_LOAD_VIEWERS || 'target/release/examples/load_viewers');
 const BASELINE_PY = path.join(ROOT, 'bench/baseline.py');
 const OUT = path.join(ROOT, 'target/bench');
 const VIEWER_BIND = '127.0.0.1';

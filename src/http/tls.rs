@@ -20,6 +20,8 @@ pub enum TlsError {
 
 pub const SELF_SIGNED_CERT: &str = "selfsigned.crt";
 pub const SELF_SIGNED_KEY: &str = "selfsigned.key";
+/// The names the self-signed certificate was made for, one per line.
+pub const SELF_SIGNED_NAMES: &str = "selfsigned.names";
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 /// Loads the certificate; for files given by the operator, also watches them for changes.
@@ -104,25 +106,27 @@ async fn reload_on_change(config: RustlsConfig, cert: PathBuf, key: PathBuf, shu
     }
 }
 
-/// The self-signed certificate in `state_dir`, made on first use for localhost, the loopback
-/// addresses, the host name and `extra_names`.
+/// The self-signed certificate in `state_dir` for localhost, the loopback addresses, the host
+/// name and `extra_names`; made again when those names change (a new `--tls-san`).
 fn self_signed(state_dir: &Path, extra_names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert = state_dir.join(SELF_SIGNED_CERT);
     let key = state_dir.join(SELF_SIGNED_KEY);
-    if cert.exists() && key.exists() {
+    let names_file = state_dir.join(SELF_SIGNED_NAMES);
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    names.extend(hostname());
+    names.extend(extra_names.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|name| seen.insert(name.clone()));
+    let recorded = std::fs::read_to_string(&names_file).unwrap_or_default();
+    if cert.exists() && key.exists() && recorded == names.join("\n") {
         return Ok((cert, key));
     }
     let fail = |reason: String| TlsError::SelfSigned { dir: state_dir.into(), reason };
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Some(host) = hostname() {
-        names.push(host);
-    }
-    names.extend(extra_names.iter().cloned());
-    names.dedup();
     let generated = rcgen::generate_simple_self_signed(names.clone()).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(state_dir).map_err(|e| fail(e.to_string()))?;
     std::fs::write(&cert, generated.cert.pem()).map_err(|e| fail(e.to_string()))?;
     write_private(&key, generated.signing_key.serialize_pem().as_bytes()).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&names_file, names.join("\n")).map_err(|e| fail(e.to_string()))?;
     tracing::info!(cert = %cert.display(), ?names, "self-signed certificate created");
     Ok((cert, key))
 }
@@ -135,4 +139,24 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_is_kept_across_restarts_and_remade_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = self_signed(dir.path(), &[]).unwrap();
+        let first = std::fs::read(&cert).unwrap();
+        self_signed(dir.path(), &[]).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), first, "kept across restarts");
+        self_signed(dir.path(), &["camera.lan".into()]).unwrap();
+        assert_ne!(std::fs::read(&cert).unwrap(), first, "made again for a new name");
+        assert!(std::fs::read_to_string(dir.path().join(SELF_SIGNED_NAMES)).unwrap().contains("camera.lan"));
+        let key = std::fs::metadata(dir.path().join(SELF_SIGNED_KEY)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(key.permissions().mode() & 0o777, 0o600, "the key is private");
+    }
 }

@@ -58,6 +58,27 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// Lets an action through at most once per interval.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(interval: Duration) -> RateLimiter {
+        RateLimiter { interval, last: None }
+    }
+
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|last| now.saturating_duration_since(last) < self.interval) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// One named stream: its status, its packets and its encoder's keyframe control.
 pub struct MediaStream {
     pub name: String,
@@ -68,7 +89,7 @@ pub struct MediaStream {
     packets: broadcast::Sender<Bytes>,
     packets_sent: AtomicU64,
     running: Mutex<Option<Arc<StreamPipeline>>>,
-    last_keyframe_request: Mutex<Option<Instant>>,
+    keyframe_limiter: Mutex<RateLimiter>,
 }
 
 impl MediaStream {
@@ -82,7 +103,7 @@ impl MediaStream {
             packets: broadcast::channel(PACKET_BUFFER).0,
             packets_sent: AtomicU64::new(0),
             running: Mutex::new(None),
-            last_keyframe_request: Mutex::new(None),
+            keyframe_limiter: Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL)),
         }
     }
 
@@ -107,19 +128,12 @@ impl MediaStream {
 
     /// Forces a keyframe unless one was requested in the last second; says whether it asked.
     pub fn request_keyframe(&self) -> bool {
-        let mut last = self.last_keyframe_request.lock().expect("keyframe lock");
-        if last.is_some_and(|at| at.elapsed() < KEYFRAME_REQUEST_INTERVAL) {
+        let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return false };
+        if !self.keyframe_limiter.lock().expect("keyframe lock").allow(Instant::now()) {
             return false;
         }
-        let running = self.running.lock().expect("pipeline lock").clone();
-        match running {
-            Some(pipeline) => {
-                pipeline.request_keyframe();
-                *last = Some(Instant::now());
-                true
-            }
-            None => false,
-        }
+        pipeline.request_keyframe();
+        true
     }
 
     fn on_packet(&self, packet: Bytes) {
@@ -261,5 +275,23 @@ impl Media {
         for task in tasks {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_requests_at_most_once_per_second() {
+        let mut limiter = RateLimiter::new(KEYFRAME_REQUEST_INTERVAL);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(limiter.allow(at(0)));
+        assert!(!limiter.allow(at(10)), "a burst of viewers asks once");
+        assert!(!limiter.allow(at(999)));
+        assert!(limiter.allow(at(1000)));
+        assert!(!limiter.allow(at(1500)), "the window restarts from the last request let through");
+        assert!(limiter.allow(at(2100)));
     }
 }

@@ -348,7 +348,9 @@ impl WebRtc {
         peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
         let answer = peer.create_answer(None).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
         peer.set_local_description(answer).await.map_err(setup)?;
+        let gathering = std::time::Instant::now();
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
+        tracing::debug!(waited_ms = gathering.elapsed().as_millis() as u64, "local candidates gathered");
         let local = peer.local_description().await.ok_or_else(|| setup("no local description"))?;
         Ok((OwnTrack { track, ssrc }, rewrite_host_candidates(&local.sdp, self.settings.public_ip)))
     }
@@ -407,6 +409,7 @@ async fn serve_viewer(
     events: mpsc::UnboundedSender<PeerEvent>,
     registry: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
 ) {
+    let answered = std::time::Instant::now();
     let connected = tokio::select! {
         result = tokio::time::timeout(CONNECT_TIMEOUT, state.wait_for(|s| *s == RTCPeerConnectionState::Connected || is_over(*s))) => {
             matches!(result, Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected)
@@ -414,7 +417,8 @@ async fn serve_viewer(
         _ = viewer.closed.cancelled() => false,
     };
     if connected {
-        tracing::info!(viewer = %viewer.id, stream = %viewer.stream, "viewer connected");
+        let after_answer_ms = answered.elapsed().as_millis() as u64;
+        tracing::info!(viewer = %viewer.id, stream = %viewer.stream, after_answer_ms, "viewer connected");
         let rtcp = tokio::spawn(forward_keyframe_requests(track.track.clone(), feed.clone()));
         let stopped = async {
             tokio::select! {
@@ -451,6 +455,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     feed.request_keyframe();
     let payload_type = negotiated_payload_type(&viewer.peer).await.unwrap_or(102);
     let mut forwarder = Forwarder::new(ssrc, payload_type, (rand_u32() & 0x7fff) as u16);
+    let connected = std::time::Instant::now();
     loop {
         let packet = match packets.recv().await {
             Ok(packet) => packet,
@@ -468,6 +473,10 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
                     return;
                 }
                 viewer.stats.sent();
+                if forwarder.sent == 1 {
+                    let waited_ms = connected.elapsed().as_millis() as u64;
+                    tracing::debug!(viewer = %viewer.id, waited_ms, "first keyframe sent");
+                }
             }
             Verdict::WaitingForKeyframe => viewer.stats.dropped(1),
             Verdict::Malformed => {
