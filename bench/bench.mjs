@@ -162,7 +162,7 @@ function sessionEnds(page) {
 async function encoderCost(gw) {
   await waitViewerCount(gw, 0, 30000);
   await sleep(2000);
-  const win = cpuWindow(() => ({ gateway: [gw.proc.pid] }));
+  const win = cpuWindow(() => ({ gateway: [gw.proc.pid], harness: [process.pid] }));
   const smp = sampler(gw.proc.pid);
   await sleep(SETTINGS.encoderS * 1000);
   const cpu = win.stop();
@@ -174,7 +174,7 @@ async function latencyScenario(browser, gw, mode, seconds) {
   try {
     await sleep(SETTINGS.warmupS * 1000);
     const s0 = await streamTotals(gw);
-    const win = cpuWindow(() => ({ gateway: [gw.proc.pid], chromium: chromiumPids() }));
+    const win = cpuWindow(() => ({ gateway: [gw.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
     const smp = sampler(gw.proc.pid);
     const m = await measurePage(page, seconds);
     const cpu = win.stop();
@@ -189,19 +189,30 @@ async function latencyScenario(browser, gw, mode, seconds) {
   }
 }
 
+const TIMELINE = fs.readFileSync(new URL('./lib/timeline.js', import.meta.url), 'utf8');
+
 async function timeToFirstFrame(browser, origin, mode, tries) {
   const out = [];
   const failures = [];
   for (let i = 0; i < tries; i++) {
-    const { context } = await newContext(browser, origin);
+    const { context } = await newContext(browser, origin, { initScripts: [TIMELINE] });
     try {
       const page = await context.newPage();
       const wall0 = Date.now();
       await page.goto(`${origin}/?mode=${mode}`, { waitUntil: 'commit' });
       await page.waitForFunction(() => window.__e2e && window.__e2e.samples.length > 0, null, { timeout: 20000, polling: 20 });
       // rVFC's `now` is on the page's clock, whose origin is the start of the navigation.
-      const r = await page.evaluate(() => ({ first: window.__e2e.samples[0].t, origin: performance.timeOrigin }));
-      out.push({ ms: Math.round(r.first), wallMs: Math.round(r.origin + r.first - wall0) });
+      const r = await page.evaluate(() => {
+        const res = performance.getEntriesByType('resource');
+        const at = (re) => res.find((e) => re.test(e.name));
+        const ends = { api_streams_loaded: at(/\/api\/streams/), playlist_loaded: at(/\.m3u8/), first_segment_loaded: at(/\.ts(\?|$)/) };
+        const marks = { ...window.__bench.marks };
+        for (const [k, e] of Object.entries(ends)) if (e) marks[k] = Math.round(e.responseEnd);
+        const nav = performance.getEntriesByType('navigation')[0];
+        if (nav) marks.document_loaded = Math.round(nav.responseEnd);
+        return { first: window.__e2e.samples[0].t, origin: performance.timeOrigin, marks };
+      });
+      out.push({ ms: Math.round(r.first), wallMs: Math.round(r.origin + r.first - wall0), marks: { ...r.marks, first_frame: Math.round(r.first) } });
     } catch (e) {
       failures.push(String(e.message || e).split('\n')[0]);
     } finally {
@@ -209,7 +220,12 @@ async function timeToFirstFrame(browser, origin, mode, tries) {
     }
     await sleep(300);
   }
-  return { mode, tries, ms: summary(out.map((x) => x.ms)), wallMs: summary(out.map((x) => x.wallMs)), samples: out, failures };
+  // Median time of each step, in the order they happen.
+  const steps = {};
+  for (const x of out) for (const [k, v] of Object.entries(x.marks)) (steps[k] = steps[k] || []).push(v);
+  const breakdown = Object.entries(steps).map(([k, v]) => [k, summary(v).p50, v.length])
+    .sort((a, b) => a[1] - b[1]).map(([step, p50, n]) => ({ step, p50, n }));
+  return { mode, tries, ms: summary(out.map((x) => x.ms)), wallMs: summary(out.map((x) => x.wallMs)), breakdown, samples: out, failures };
 }
 
 function runLoadViewers(origin, n, seconds) {
@@ -239,7 +255,7 @@ async function fanout(browser, gw) {
         const connectMs = await waitViewerCount(gw, n + 1, 120000);
         await sleep(1000);
         const s0 = await streamTotals(gw);
-        const win = cpuWindow(() => ({ gateway: [gw.proc.pid], loadgen: [lv.proc.pid], chromium: chromiumPids() }));
+        const win = cpuWindow(() => ({ gateway: [gw.proc.pid], loadgen: [lv.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
         const smp = sampler(gw.proc.pid);
         const m = await measurePage(page, measureS);
         const cpu = win.stop();
@@ -311,7 +327,7 @@ async function baseline(browser) {
     await page.goto(`${server.origin}/?mode=hls`);
     await waitPlaying(page, 'HLS', n0 + 40000, n0);
     const firstFrameMs = await page.evaluate(() => Math.round(window.__e2e.samples[0].t));
-    const win = cpuWindow(() => ({ baseline: [proc.pid], chromium: chromiumPids() }));
+    const win = cpuWindow(() => ({ baseline: [proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
     const smp = sampler(proc.pid);
     const m = await measurePage(page, SETTINGS.baselineS);
     const cpu = win.stop();
@@ -376,6 +392,12 @@ async function main() {
     }
     log(`${name} done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   };
+  // How busy the machine is before we start: other work skews every CPU and latency figure.
+  const idle = cpuWindow({});
+  await sleep(3000);
+  results.env.busyBeforeStart = idle.stop();
+  log(`machine before start: ${results.env.busyBeforeStart.machineBusyCores} of ${CORES} cores busy, load average ${results.env.busyBeforeStart.loadavg1}`);
+  if (results.env.busyBeforeStart.machineBusyCores > 0.3) log('WARNING: the machine is busy with other work; figures will be skewed');
   let browser;
   try {
     await gw.start({ timeoutMs: 30000 });

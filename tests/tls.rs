@@ -35,7 +35,7 @@ fn mount_secret(dir: &Path, version: &str, names: &[&str]) -> String {
 async fn served_fingerprint(gateway: &Gateway) -> String {
     common::install_crypto();
     let seen = Arc::new(Mutex::new(String::new()));
-    let verifier = Arc::new(common::peer::RecordingVerifier { seen: seen.clone() });
+    let verifier = Arc::new(common::peer::AcceptAnyCertificate { seen: Some(seen.clone()) });
     let config =
         rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

@@ -94,7 +94,9 @@ export function cpuWindow(pids) {
       }
       const machineBusy = round(((m1.busy - m0.busy) / Math.max(1, m1.total - m0.total)) * CORES, 3);
       const loadavg1 = Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
-      return { seconds: round(seconds, 2), cores, machineBusyCores: machineBusy, loadavg1 };
+      // Busy time of everything not measured here: other work on the machine, the kernel's.
+      const ours = Object.values(cores).reduce((a, b) => a + (b || 0), 0);
+      return { seconds: round(seconds, 2), cores, machineBusyCores: machineBusy, otherCores: round(Math.max(0, machineBusy - ours), 3), loadavg1 };
     },
   };
 }

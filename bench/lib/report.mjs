@@ -32,6 +32,10 @@ export function summaryTable(r) {
     rows.push(['WebRTC frames shown / sent', `${w.framesShown} / ${w.framesSent} (${pct(w.framesShown, w.framesSent)})`, '', '',
       `${w.framesDecoded} decoded`, '', '']);
   }
+  if (s.webrtc && s.webrtc.cores) {
+    const w = s.webrtc;
+    rows.push(['busy cores during WebRTC latency: gateway / Chromium / else / machine', `${fmt(w.cores.gateway)} / ${fmt(w.cores.chromium)} / ${fmt(w.otherCores)} / ${fmt(w.machineBusyCores)}`, '', '', '', '', '']);
+  }
   if (s.hls) {
     const h = s.hls;
     lat('HLS glass-to-glass', h.latencyMs, 'p50 ≤ 3 s', le(h.latencyMs.p50, 3000));
@@ -90,12 +94,12 @@ export function fanoutTable(steps) {
       `${fmt(x.gatewayDroppedPerViewer)} (${fmt(x.gatewayDroppedPct, ' %')})`,
       `${ms(l.p50)} / ${ms(l.p95)} / ${ms(l.max)}`,
       `${x.chromium.framesShown}/${x.chromium.framesSent}`,
-      `${fmt(x.cores.loadgen)} / ${fmt(x.cores.chromium)} / ${fmt(x.machineBusyCores)} (${fmt(x.loadavg1)})`,
+      `${fmt(x.cores.loadgen)} / ${fmt(x.cores.chromium)} / ${fmt(x.otherCores)} / ${fmt(x.machineBusyCores)}`,
     ];
   });
   return table(['N light viewers', 'connected', 'gateway cores: mean (1-s p50 / p95 / max)', 'gateway RSS MB p50 / max',
     'packets lost per light viewer p50 / p95 / max (all %)', 'gateway-side drops per viewer (%)',
-    'Chromium latency p50 / p95 / max', 'Chromium frames shown/sent', 'load_viewers / Chromium / whole machine busy cores (load avg)'], rows);
+    'Chromium latency p50 / p95 / max', 'Chromium frames shown/sent', 'busy cores: load_viewers / Chromium / everything else / whole machine'], rows);
 }
 
 function ttffTable(t) {
@@ -124,7 +128,11 @@ export function writeReport(r, { docsPath, jsonPath }) {
   const parts = [];
   parts.push(summaryTable(r));
   if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}):\n\n${fanoutTable(s.fanout)}`);
-  if (s.ttff) parts.push(`Time to first frame (navigation → first frame shown, rVFC), fresh browser context per try:\n\n${ttffTable(s.ttff)}`);
+  if (s.ttff) {
+    const steps = (m) => (s.ttff[m].breakdown || []).map((b) => `${b.step} ${b.p50}`).join(' → ');
+    parts.push(`Time to first frame (navigation → first frame shown, rVFC), fresh browser context per try:\n\n${ttffTable(s.ttff)}\n\n`
+      + `Where it goes (median ms after navigation start of each step, bench/lib/timeline.js):\n\n- WebRTC: ${steps('webrtc')}\n- HLS: ${steps('hls')}`);
+  }
   const errors = Object.entries(r.errors || {});
   if (errors.length) parts.push(`Failed scenarios:\n\n${errors.map(([k, v]) => `- ${k}: ${v.split('\n')[0]}`).join('\n')}`);
   const stdoutText = parts.join('\n\n');
@@ -152,6 +160,7 @@ hand-written section at the end, the next run rewrites it. Raw results of this r
 | CPU | ${e.cpuModel}, ${e.cores} cores, ${e.memoryGb} GB RAM, Linux ${e.kernel} |
 | software | ${e.gstreamer || 'GStreamer ?'}, Chromium ${e.chromium || '?'} (headless, playwright-core), Node ${e.node} |
 | run | ${r.quick ? 'QUICK' : 'full'}, ${r.totalSeconds} s |
+| machine before the run | ${e.busyBeforeStart ? `${e.busyBeforeStart.machineBusyCores} of ${e.cores} cores busy, load average ${e.busyBeforeStart.loadavg1}` : '?'} |
 
 ## Settings
 

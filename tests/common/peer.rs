@@ -190,7 +190,7 @@ pub async fn ws_connect(url: &str) -> WsStream {
     super::install_crypto();
     let config = rustls::ClientConfig::builder()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::default()))
         .with_no_client_auth();
     let connector = tokio_tungstenite::Connector::Rustls(Arc::new(config));
     let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
@@ -210,18 +210,27 @@ pub async fn next_json(socket: &mut WsStream) -> Option<Value> {
     }
 }
 
-#[derive(Debug)]
-struct AcceptAnyCertificate;
+/// Accepts any certificate (the gateway's is self-signed); can remember the SHA-256 fingerprint
+/// of the last one it saw.
+#[derive(Debug, Default)]
+pub struct AcceptAnyCertificate {
+    pub seen: Option<Arc<Mutex<String>>>,
+}
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
         _: &[rustls::pki_types::CertificateDer<'_>],
         _: &rustls::pki_types::ServerName<'_>,
         _: &[u8],
         _: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Some(seen) = &self.seen {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(end_entity.as_ref());
+            *seen.lock().unwrap() = digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        }
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -242,46 +251,5 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any certificate and remembers the fingerprint of the one it saw.
-#[derive(Debug)]
-pub struct RecordingVerifier {
-    pub seen: Arc<Mutex<String>>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        name: &rustls::pki_types::ServerName<'_>,
-        ocsp: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(end_entity.as_ref());
-        *self.seen.lock().unwrap() = digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
-        AcceptAnyCertificate.verify_server_cert(end_entity, intermediates, name, ocsp, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        AcceptAnyCertificate.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        AcceptAnyCertificate.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        AcceptAnyCertificate.supported_verify_schemes()
     }
 }

@@ -1,0 +1,43 @@
+// Injected (as an init script, beside tests/e2e/lib/probe.js) into time-to-first-frame pages:
+// marks, on the page's clock (ms since the navigation started), when each step towards the
+// first frame happened, so the bench can say where the time goes. Wraps RTCPeerConnection and
+// WebSocket without changing what they do.
+(() => {
+  const marks = {};
+  const mark = (k) => { if (!(k in marks)) marks[k] = Math.round(performance.now()); };
+  window.__bench = { marks };
+  document.addEventListener('DOMContentLoaded', () => mark('domContentLoaded'));
+  for (const ev of ['loadedmetadata', 'playing']) document.addEventListener(ev, () => mark(`video_${ev}`), true);
+
+  const PC = window.RTCPeerConnection;
+  if (typeof PC === 'function') {
+    const Wrapped = function RTCPeerConnection(...args) {
+      mark('pc_created');
+      const pc = new PC(...args);
+      pc.addEventListener('icecandidate', (e) => mark(e.candidate ? 'ice_first_local_candidate' : 'ice_gathering_done'));
+      pc.addEventListener('iceconnectionstatechange', () => mark(`ice_${pc.iceConnectionState}`));
+      pc.addEventListener('connectionstatechange', () => mark(`pc_${pc.connectionState}`));
+      pc.addEventListener('track', () => mark('pc_track'));
+      const setRemote = pc.setRemoteDescription.bind(pc);
+      pc.setRemoteDescription = (d) => {
+        mark('answer_received');
+        return setRemote(d).then((r) => { mark('answer_applied'); return r; });
+      };
+      return pc;
+    };
+    Wrapped.prototype = PC.prototype;
+    window.RTCPeerConnection = Wrapped;
+  }
+  const WS = window.WebSocket;
+  if (typeof WS === 'function') {
+    const Wrapped = function WebSocket(...args) {
+      mark('ws_created');
+      const ws = new WS(...args);
+      ws.addEventListener('open', () => mark('ws_open'));
+      return ws;
+    };
+    Wrapped.prototype = WS.prototype;
+    for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) Wrapped[k] = WS[k];
+    window.WebSocket = Wrapped;
+  }
+})();
