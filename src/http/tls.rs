@@ -70,8 +70,12 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
 
 /// SHA-256 of the first certificate in a PEM chain, as browsers show it.
 pub fn fingerprint(cert_pem: &[u8]) -> String {
-    let der = rustls_pemfile_first_cert(cert_pem).unwrap_or_default();
-    Sha256::digest(&der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    fingerprint_der(&rustls_pemfile_first_cert(cert_pem).unwrap_or_default())
+}
+
+/// SHA-256 of a DER certificate, colon-separated hex.
+pub fn fingerprint_der(der: &[u8]) -> String {
+    Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 fn rustls_pemfile_first_cert(pem: &[u8]) -> Option<Vec<u8>> {

@@ -227,9 +227,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         _: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         if let Some(seen) = &self.seen {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(end_entity.as_ref());
-            *seen.lock().unwrap() = digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+            *seen.lock().unwrap() = livegate::http::tls::fingerprint_der(end_entity.as_ref());
         }
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
