@@ -16,6 +16,7 @@ use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -26,7 +27,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder,
+    RTCSessionDescription, Registry, SettingEngine, SettingEngineBuilder,
 };
 
 use crate::config::WebRtcSettings;
@@ -170,6 +171,7 @@ impl Viewer {
 pub struct WebRtc {
     settings: WebRtcSettings,
     engine: MediaEngine,
+    setting_engine: SettingEngine,
     ports: PortPool,
     counts: Arc<Mutex<HashMap<String, usize>>>,
     totals: Mutex<HashMap<String, Arc<PacketStats>>>,
@@ -207,6 +209,10 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// A viewer gone silent this long is disconnected, and failed (and removed) after the next.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(10);
+const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
 /// How long a viewer may take from answer to connected before it is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the answer waits for candidates to be gathered (host candidates take microseconds).
@@ -214,9 +220,19 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl WebRtc {
     pub fn new(settings: WebRtcSettings, shutdown: CancellationToken) -> Result<WebRtc, WebRtcError> {
+        let setting_engine = SettingEngineBuilder::new()
+            .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), Some(ICE_KEEPALIVE))
+            .with_include_loopback_candidate(settings.bind.is_loopback())
+            // A server has real addresses to offer; mDNS needs multicast routes it may not have.
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            // The browser starts DTLS the moment its ICE check succeeds; as the DTLS client we
+            // would wait for our own ICE agent's next check round (up to 200 ms).
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .build();
         Ok(WebRtc {
             ports: PortPool::new(settings.ports),
             engine: media_engine()?,
+            setting_engine,
             settings,
             counts: Default::default(),
             totals: Default::default(),
@@ -249,6 +265,25 @@ impl WebRtc {
         Ok(ViewerSlot { stream: stream.into(), counts: self.counts.clone() })
     }
 
+    /// A peer connection on `port`, from the engine and settings built once in `new`.
+    async fn build_peer(&self, handler: Arc<Handler>, port: u16) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
+        let mut engine = self.engine.clone();
+        // Interceptors hold per-connection state, so each peer gets its own chain.
+        let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(setup)?;
+        // Last in the chain, after the interceptors that act on reports and NACKs.
+        let registry = registry.with(Slot::from(14_000), keyframe_requests::KeyframeRequests::default());
+        let peer = PeerConnectionBuilder::new()
+            .with_media_engine(engine)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(self.setting_engine.clone())
+            .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+            .with_udp_addrs(vec![SocketAddr::new(self.settings.bind, port)])
+            .build()
+            .await
+            .map_err(setup)?;
+        Ok(Arc::new(peer))
+    }
+
     /// Answers a viewer's offer. The answer carries every candidate gathered within a short
     /// wait (all of them, for host candidates); later ones arrive as `PeerEvent::Candidate`.
     pub async fn answer(
@@ -272,31 +307,7 @@ impl WebRtc {
             public_ip: self.settings.public_ip,
         });
 
-        let mut engine = self.engine.clone();
-        let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(setup)?;
-        // Last in the chain, after the interceptors that act on reports and NACKs.
-        let registry = registry.with(Slot::from(14_000), keyframe_requests::KeyframeRequests::default());
-        let settings = SettingEngineBuilder::new()
-            .with_ice_timeouts(
-                Some(Duration::from_secs(4)),
-                Some(Duration::from_secs(10)),
-                Some(Duration::from_secs(2)),
-            )
-            .with_include_loopback_candidate(self.settings.bind.is_loopback())
-            // A server has real addresses to offer; mDNS needs multicast routes it may not have.
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .build();
-        let peer: Arc<dyn PeerConnection> = Arc::new(
-            PeerConnectionBuilder::new()
-                .with_media_engine(engine)
-                .with_interceptor_registry(registry)
-                .with_setting_engine(settings)
-                .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
-                .with_udp_addrs(vec![SocketAddr::new(self.settings.bind, port.port)])
-                .build()
-                .await
-                .map_err(setup)?,
-        );
+        let peer = self.build_peer(handler, port.port).await?;
 
         let result = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await;
         let (track, answer) = match result {
