@@ -312,3 +312,25 @@ async fn ffmpeg_plays_the_hls_stream() {
     let frames = String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.starts_with('#')).count();
     assert!(frames >= 50, "ffmpeg decoded {frames} frames in 2 s of a 30 fps stream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_is_served_and_revalidated_with_etags() {
+    let gateway = Gateway::start(&[]);
+    let http = client();
+    let page = http.get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let etag = page.headers()["etag"].clone();
+    assert!(page.text().await.unwrap().contains("<video"));
+    let again = http.get(gateway.url("/")).header("if-none-match", etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    for (path, mime) in
+        [("/player.js", "javascript"), ("/strip.js", "javascript"), ("/vendor/hls.min.js", "javascript")]
+    {
+        let response = http.get(gateway.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers()["content-type"].to_str().unwrap().contains(mime), "{path}");
+    }
+    assert_eq!(http.get(gateway.url("/strip.test.mjs")).send().await.unwrap().status(), 404, "tests are not shipped");
+    assert_eq!(http.get(gateway.url("/../Cargo.toml")).send().await.unwrap().status(), 404);
+}

@@ -333,7 +333,23 @@ async function startWebRtc(info) {
 
 // --------------------------------------------------------------------- HLS
 
-function startHls(info, why) {
+// hls.js is 400 KB: loaded only when a page needs HLS, so WebRTC starts without waiting for it.
+let hlsLoading = null;
+function loadHlsJs() {
+  if (window.Hls) return Promise.resolve(window.Hls);
+  if (!hlsLoading) {
+    hlsLoading = new Promise((resolve, reject) => {
+      const script = document.createElement('script');
+      script.src = '/vendor/hls.min.js';
+      script.onload = () => resolve(window.Hls);
+      script.onerror = () => { hlsLoading = null; reject(new Error('hls.js did not load')); };
+      document.head.appendChild(script);
+    });
+  }
+  return hlsLoading;
+}
+
+async function startHls(info, why) {
   const s = newSession('HLS', info);
   if (why) console.info(`[livegate] using HLS: ${why}`);
   resetVideo();
@@ -346,7 +362,8 @@ function startHls(info, why) {
   startWatchdog(s, HLS_FIRST_FRAME_MS);
   const url = info.hls || `/hls/${encodeURIComponent(info.name)}/index.m3u8`;
 
-  const Hls = window.Hls;
+  const Hls = await loadHlsJs().catch((e) => { console.info('[livegate]', e.message); return null; });
+  if (!alive(s)) return;
   const hlsJsOk = !!(Hls && Hls.isSupported());
   // Safari: native HLS. Android Chrome also answers "maybe" here but plays HLS
   // poorly, and Chromium (navigator.userAgentData) does better with hls.js.

@@ -4,8 +4,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 
 use super::error::text;
 use super::AppState;
@@ -15,8 +16,9 @@ use super::AppState;
 #[exclude = "*.test.mjs"]
 struct Embedded;
 
-/// `GET /` and any other path not routed elsewhere.
-pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
+/// `GET /` and any other path not routed elsewhere. Files carry an ETag, so a browser that has
+/// them revalidates with a 304 instead of fetching them again.
+pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
     let path = match uri.path().trim_start_matches('/') {
         "" => "index.html",
         path => path,
@@ -24,18 +26,23 @@ pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri) -> Response {
     let Some(relative) = safe_relative(path) else {
         return text(StatusCode::BAD_REQUEST, format!("bad path {path:?}"));
     };
-    let body = match &state.config.web_dir {
-        Some(dir) => tokio::fs::read(dir.join(&relative)).await.ok(),
-        None => Embedded::get(path).map(|file| file.data.into_owned()),
+    let file = match &state.config.web_dir {
+        Some(dir) => tokio::fs::read(dir.join(&relative)).await.ok().map(|body| {
+            let hash: [u8; 32] = Sha256::digest(&body).into();
+            (body, hash)
+        }),
+        None => Embedded::get(path).map(|file| (file.data.into_owned(), file.metadata.sha256_hash())),
     };
-    match body {
-        Some(body) => {
-            let mime = mime_guess::from_path(&relative).first_or_octet_stream();
-            ([(header::CONTENT_TYPE, mime.as_ref().to_owned()), (header::CACHE_CONTROL, "no-cache".to_owned())], body)
-                .into_response()
-        }
-        None => text(StatusCode::NOT_FOUND, format!("no such page: /{path}")),
+    let Some((body, hash)) = file else {
+        return text(StatusCode::NOT_FOUND, format!("no such page: /{path}"));
+    };
+    let etag = format!("\"{}\"", hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mime = mime_guess::from_path(&relative).first_or_octet_stream();
+    let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
+    ([(header::CONTENT_TYPE, mime.as_ref().to_owned())], cache, body).into_response()
 }
 
 /// A path that stays inside the folder it is joined to.
