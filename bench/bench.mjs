@@ -38,6 +38,46 @@ const log = (...a) => console.log(`[bench ${((Date.now() - started.getTime()) / 
 
 // ------------------------------------------------------------------ helpers
 
+const TIMELINE = fs.readFileSync(new URL('./lib/timeline.js', import.meta.url), 'utf8');
+
+/** Chromium's own view of the received video (inbound-rtp stats of the page's last PeerConnection). */
+async function inboundStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.__bench && window.__bench.pcs[window.__bench.pcs.length - 1];
+    if (!pc) return null;
+    for (const r of (await pc.getStats()).values()) {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') {
+        const keys = ['jitterBufferDelay', 'jitterBufferEmittedCount', 'jitterBufferTargetDelay', 'jitterBufferMinimumDelay',
+          'totalDecodeTime', 'framesDecoded', 'totalProcessingDelay', 'totalAssemblyTime', 'framesAssembledFromMultiplePackets',
+          'framesReceived', 'framesDropped', 'packetsReceived', 'packetsLost', 'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount'];
+        const out = { decoderImplementation: r.decoderImplementation };
+        for (const k of keys) out[k] = r[k];
+        return out;
+      }
+    }
+    return null;
+  });
+}
+
+/** Per-frame means over a window from two inboundStats() readings, in ms. */
+function statsDelta(a, b) {
+  if (!a || !b) return null;
+  const d = (k) => (b[k] ?? 0) - (a[k] ?? 0);
+  const per = (k, n) => (d(n) > 0 ? round((1000 * d(k)) / d(n), 1) : null);
+  return {
+    decoder: b.decoderImplementation,
+    jitterBufferMs: per('jitterBufferDelay', 'jitterBufferEmittedCount'),
+    jitterBufferTargetMs: per('jitterBufferTargetDelay', 'jitterBufferEmittedCount'),
+    jitterBufferMinimumMs: per('jitterBufferMinimumDelay', 'jitterBufferEmittedCount'),
+    decodeMs: per('totalDecodeTime', 'framesDecoded'),
+    receiveToDecodedMs: per('totalProcessingDelay', 'framesDecoded'),
+    firstToLastPacketMs: per('totalAssemblyTime', 'framesAssembledFromMultiplePackets'),
+    framesReceived: d('framesReceived'), framesDecoded: d('framesDecoded'), framesDropped: d('framesDropped'),
+    packetsReceived: d('packetsReceived'), packetsLost: d('packetsLost'), nacks: d('nackCount'), plis: d('pliCount'),
+    freezes: d('freezeCount'), freezesMs: round(1000 * d('totalFreezesDuration'), 0),
+  };
+}
+
 /** Chromium's processes: descendants of this node process whose name says so. */
 function chromiumPids() {
   return descendants(process.pid).filter((pid) => {
@@ -145,7 +185,7 @@ async function waitViewerCount(gw, n, timeoutMs) {
 
 /** Opens the player in `mode` in a fresh context and waits until it plays. */
 async function openPlayer(browser, origin, mode, timeoutMs) {
-  const { context } = await newContext(browser, origin);
+  const { context } = await newContext(browser, origin, { initScripts: [TIMELINE] });
   const page = await context.newPage();
   const t0 = Date.now();
   await page.goto(`${origin}/?mode=${mode.toLowerCase()}`);
@@ -176,11 +216,13 @@ async function latencyScenario(browser, gw, mode, seconds) {
     const s0 = await streamTotals(gw);
     const win = cpuWindow(() => ({ gateway: [gw.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
     const smp = sampler(gw.proc.pid);
+    const st0 = await inboundStats(page);
     const m = await measurePage(page, seconds);
+    const st1 = await inboundStats(page);
     const cpu = win.stop();
     const s1 = await streamTotals(gw);
     return {
-      mode, ...m, ...cpu, gateway: smp.stop(),
+      mode, ...m, ...cpu, gateway: smp.stop(), chromiumStats: statsDelta(st0, st1),
       packetsSent: s1.packetsSent - s0.packetsSent, packetsDropped: s1.packetsDropped - s0.packetsDropped,
       sessionEnds: sessionEnds(page),
     };
@@ -188,8 +230,6 @@ async function latencyScenario(browser, gw, mode, seconds) {
     await context.close();
   }
 }
-
-const TIMELINE = fs.readFileSync(new URL('./lib/timeline.js', import.meta.url), 'utf8');
 
 async function timeToFirstFrame(browser, origin, mode, tries) {
   const out = [];
@@ -248,16 +288,19 @@ async function fanout(browser, gw) {
   try {
     for (const n of SETTINGS.fanout) {
       log(`fan-out: ${n} light viewers + 1 Chromium`);
+      let lv = null;
       try {
         await waitViewerCount(gw, 1, 60000); // the previous step's viewers are gone
         const measureS = SETTINGS.fanoutS;
-        const lv = runLoadViewers(gw.origin, n, measureS + 3);
+        lv = runLoadViewers(gw.origin, n, measureS + 3);
         const connectMs = await waitViewerCount(gw, n + 1, 120000);
         await sleep(1000);
         const s0 = await streamTotals(gw);
         const win = cpuWindow(() => ({ gateway: [gw.proc.pid], loadgen: [lv.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
         const smp = sampler(gw.proc.pid);
+        const st0 = await inboundStats(page);
         const m = await measurePage(page, measureS);
+        const st1 = await inboundStats(page);
         const cpu = win.stop();
         const gwStats = smp.stop();
         const s1 = await streamTotals(gw);
@@ -286,12 +329,19 @@ async function fanout(browser, gw) {
           ...cpu,
           gateway: gwStats,
           chromium: m,
+          chromiumStats: statsDelta(st0, st1),
         });
         const st = steps[steps.length - 1];
         log(`  N=${n}: gateway ${cpu.cores.gateway} cores, RSS ${gwStats.rssEndMb} MB, viewer loss ${st.viewerLossTotalPct} %, `
           + `gateway dropped ${st.gatewayDroppedPct} %, Chromium p50 ${m.latencyMs.p50} ms p95 ${m.latencyMs.p95} ms`);
       } catch (e) {
-        steps.push({ n, error: String(e.stack || e) });
+        // Don't let a stuck load generator run into the next step: stop it, keep what it said.
+        let loadViewers = null;
+        if (lv) {
+          if (lv.proc.exitCode === null) lv.proc.kill('SIGKILL');
+          loadViewers = await lv.done;
+        }
+        steps.push({ n, error: String(e.stack || e), loadViewers });
         log(`  N=${n} failed: ${e.message}`);
       }
     }

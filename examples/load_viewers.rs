@@ -77,11 +77,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-async fn viewer(
-    http: reqwest::Client,
-    url: String,
-    bind: IpAddr,
-) -> anyhow::Result<(Arc<dyn PeerConnection>, Arc<Counters>)> {
+/// A connected light viewer: its peer, counters and WHEP session URL.
+struct Viewer {
+    peer: Arc<dyn PeerConnection>,
+    counters: Arc<Counters>,
+    session: String,
+}
+
+async fn viewer(http: reqwest::Client, base: String, url: String, bind: IpAddr) -> anyhow::Result<Viewer> {
     let counters = Arc::new(Counters::default());
     let (gathered_tx, mut gathered) = watch::channel(false);
     let handler = Arc::new(Handler { counters: counters.clone(), gathered: gathered_tx, started: Instant::now() });
@@ -115,9 +118,15 @@ async fn viewer(
     if response.status() != 201 {
         bail!("WHEP answered {}: {}", response.status(), response.text().await.unwrap_or_default());
     }
+    let location = response.headers().get("location").and_then(|l| l.to_str().ok()).context("no Location")?;
+    let session = format!("{base}{location}");
     peer.set_remote_description(RTCSessionDescription::answer(response.text().await?)?).await?;
-    Ok((peer, counters))
+    Ok(Viewer { peer, counters, session })
 }
+
+/// Viewers set up at once: enough to be quick, few enough not to starve a busy machine.
+const CONNECTING_AT_ONCE: usize = 10;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -134,16 +143,26 @@ async fn main() -> anyhow::Result<()> {
 
     let mut viewers = Vec::new();
     let mut failures = Vec::new();
-    for _ in 0..count {
-        match viewer(http.clone(), url.clone(), bind).await {
-            Ok(v) => viewers.push(v),
-            Err(err) => failures.push(err.to_string()),
+    let mut connecting = tokio::task::JoinSet::new();
+    for started in 0..count {
+        if connecting.len() >= CONNECTING_AT_ONCE {
+            collect(connecting.join_next().await, &mut viewers, &mut failures);
         }
+        let (http, base, url) = (http.clone(), base.clone(), url.clone());
+        connecting.spawn(async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, viewer(http, base, url, bind)).await.context("connect timeout")?
+        });
+        if (started + 1) % 50 == 0 {
+            eprintln!("load_viewers: {} of {count} started", started + 1);
+        }
+    }
+    while let Some(done) = connecting.join_next().await {
+        collect(Some(done), &mut viewers, &mut failures);
     }
     let measuring = Instant::now();
     let before: Vec<(u64, u64, u64)> = viewers
         .iter()
-        .map(|(_, c)| {
+        .map(|Viewer { counters: c, .. }| {
             (c.packets.load(Ordering::Relaxed), c.frames.load(Ordering::Relaxed), c.lost.load(Ordering::Relaxed))
         })
         .collect();
@@ -152,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let per_viewer: Vec<serde_json::Value> = viewers
         .iter()
         .zip(before)
-        .map(|((_, c), (packets0, frames0, lost0))| {
+        .map(|(Viewer { counters: c, .. }, (packets0, frames0, lost0))| {
             let packets = c.packets.load(Ordering::Relaxed) - packets0;
             let lost = c.lost.load(Ordering::Relaxed) - lost0;
             serde_json::json!({
@@ -167,8 +186,23 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     println!("{}", serde_json::json!({ "seconds": elapsed, "viewers": per_viewer, "failures": failures }));
-    for (peer, _) in viewers {
-        let _ = peer.close().await;
+    // Leave as a WHEP client should, so the gateway frees the slots at once.
+    for viewer in viewers {
+        let _ = http.delete(&viewer.session).send().await;
+        let _ = viewer.peer.close().await;
     }
     Ok(())
+}
+
+fn collect(
+    done: Option<Result<anyhow::Result<Viewer>, tokio::task::JoinError>>,
+    viewers: &mut Vec<Viewer>,
+    failures: &mut Vec<String>,
+) {
+    match done {
+        Some(Ok(Ok(viewer))) => viewers.push(viewer),
+        Some(Ok(Err(err))) => failures.push(format!("{err:#}")),
+        Some(Err(err)) => failures.push(err.to_string()),
+        None => {}
+    }
 }

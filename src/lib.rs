@@ -37,7 +37,7 @@ impl webrtc::Feed for MediaStream {
         MediaStream::subscribe(self)
     }
     fn request_keyframe(&self) {
-        MediaStream::request_keyframe(self);
+        MediaStream::request_keyframe(self)
     }
 }
 

@@ -128,11 +128,24 @@ export function writeReport(r, { docsPath, jsonPath }) {
   const parts = [];
   parts.push(summaryTable(r));
   if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}):\n\n${fanoutTable(s.fanout)}`);
+  const cs = (x) => (x ? `jitter buffer ${fmt(x.jitterBufferMs)} ms/frame (target ${fmt(x.jitterBufferTargetMs)}, minimum ${fmt(x.jitterBufferMinimumMs)}), `
+    + `first→last packet of a frame ${fmt(x.firstToLastPacketMs)} ms, receive→decoded ${fmt(x.receiveToDecodedMs)} ms (decode ${fmt(x.decodeMs)} ms, ${x.decoder || '?'}), `
+    + `${x.framesDecoded} decoded / ${x.framesDropped} dropped, ${x.packetsLost} packets lost, ${x.nacks} NACKs, ${x.plis} PLIs, ${x.freezes} freezes (${x.freezesMs} ms)` : '–');
+  const statLines = [];
+  if (s.webrtc && s.webrtc.chromiumStats) statLines.push(`- WebRTC latency scenario: ${cs(s.webrtc.chromiumStats)}`);
+  for (const x of Array.isArray(s.fanout) ? s.fanout : []) if (x.chromiumStats) statLines.push(`- fan-out N=${x.n}: ${cs(x.chromiumStats)}`);
+  if (statLines.length) parts.push(`Chromium's own inbound-rtp statistics (getStats, means per frame over each window):\n\n${statLines.join('\n')}`);
   if (s.ttff) {
     const steps = (m) => (s.ttff[m].breakdown || []).map((b) => `${b.step} ${b.p50}`).join(' → ');
     parts.push(`Time to first frame (navigation → first frame shown, rVFC), fresh browser context per try:\n\n${ttffTable(s.ttff)}\n\n`
       + `Where it goes (median ms after navigation start of each step, bench/lib/timeline.js):\n\n- WebRTC: ${steps('webrtc')}\n- HLS: ${steps('hls')}`);
   }
+  const disturbed = [];
+  for (const k of ['encoder', 'webrtc', 'hls', 'baseline']) if (s[k] && s[k].otherCores > 0.3) disturbed.push(`${k} (${s[k].otherCores} cores)`);
+  for (const x of Array.isArray(s.fanout) ? s.fanout : []) if (x.otherCores > 0.3) disturbed.push(`fan-out N=${x.n} (${x.otherCores} cores)`);
+  parts.push(disturbed.length
+    ? `⚠ Other work on the machine (busy time outside the gateway, Chromium, load_viewers, the baseline and the harness) exceeded 0.3 cores during: ${disturbed.join(', ')}; those figures are skewed.`
+    : 'No measurement window saw more than 0.3 cores of other work on the machine.');
   const errors = Object.entries(r.errors || {});
   if (errors.length) parts.push(`Failed scenarios:\n\n${errors.map(([k, v]) => `- ${k}: ${v.split('\n')[0]}`).join('\n')}`);
   const stdoutText = parts.join('\n\n');

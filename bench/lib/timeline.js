@@ -1,11 +1,12 @@
-// Injected (as an init script, beside tests/e2e/lib/probe.js) into time-to-first-frame pages:
-// marks, on the page's clock (ms since the navigation started), when each step towards the
-// first frame happened, so the bench can say where the time goes. Wraps RTCPeerConnection and
-// WebSocket without changing what they do.
+// Injected (as an init script, beside tests/e2e/lib/probe.js) into the bench's pages: marks, on
+// the page's clock (ms since the navigation started), when each step towards the first frame
+// happened, and keeps the page's RTCPeerConnections for getStats(), so the bench can say where
+// the time goes. Wraps RTCPeerConnection and WebSocket without changing what they do.
 (() => {
   const marks = {};
   const mark = (k) => { if (!(k in marks)) marks[k] = Math.round(performance.now()); };
-  window.__bench = { marks };
+  const pcs = []; // for getStats() from the bench
+  window.__bench = { marks, pcs };
   document.addEventListener('DOMContentLoaded', () => mark('domContentLoaded'));
   for (const ev of ['loadedmetadata', 'playing']) document.addEventListener(ev, () => mark(`video_${ev}`), true);
 
@@ -14,6 +15,7 @@
     const Wrapped = function RTCPeerConnection(...args) {
       mark('pc_created');
       const pc = new PC(...args);
+      pcs.push(pc);
       pc.addEventListener('icecandidate', (e) => mark(e.candidate ? 'ice_first_local_candidate' : 'ice_gathering_done'));
       pc.addEventListener('iceconnectionstatechange', () => mark(`ice_${pc.iceConnectionState}`));
       pc.addEventListener('connectionstatechange', () => mark(`pc_${pc.connectionState}`));

@@ -58,24 +58,49 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Lets an action through at most once per interval.
+/// Lets an action happen at most once per interval, and never loses a request: one that comes
+/// too soon is put off to the end of the interval (once, however many come).
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
     last: Option<Instant>,
+    deferred: bool,
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Grant {
+    Now,
+    /// Do it after this long, then call [`RateLimiter::deferred_done`].
+    After(Duration),
+    /// A deferred one will cover it.
+    AlreadyDeferred,
 }
 
 impl RateLimiter {
     pub fn new(interval: Duration) -> RateLimiter {
-        RateLimiter { interval, last: None }
+        RateLimiter { interval, last: None, deferred: false }
     }
 
-    pub fn allow(&mut self, now: Instant) -> bool {
-        if self.last.is_some_and(|last| now.saturating_duration_since(last) < self.interval) {
-            return false;
+    pub fn request(&mut self, now: Instant) -> Grant {
+        if self.deferred {
+            return Grant::AlreadyDeferred;
         }
+        match self.last.map(|last| now.saturating_duration_since(last)) {
+            Some(since) if since < self.interval => {
+                self.deferred = true;
+                Grant::After(self.interval - since)
+            }
+            _ => {
+                self.last = Some(now);
+                Grant::Now
+            }
+        }
+    }
+
+    pub fn deferred_done(&mut self, now: Instant) {
+        self.deferred = false;
         self.last = Some(now);
-        true
     }
 }
 
@@ -89,7 +114,7 @@ pub struct MediaStream {
     packets: broadcast::Sender<Bytes>,
     packets_sent: AtomicU64,
     running: Mutex<Option<Arc<StreamPipeline>>>,
-    keyframe_limiter: Mutex<RateLimiter>,
+    keyframe_limiter: Arc<Mutex<RateLimiter>>,
 }
 
 impl MediaStream {
@@ -103,7 +128,7 @@ impl MediaStream {
             packets: broadcast::channel(PACKET_BUFFER).0,
             packets_sent: AtomicU64::new(0),
             running: Mutex::new(None),
-            keyframe_limiter: Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL)),
+            keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
         }
     }
 
@@ -126,14 +151,27 @@ impl MediaStream {
         self.packets_sent.load(Ordering::Relaxed)
     }
 
-    /// Forces a keyframe unless one was requested in the last second; says whether it asked.
-    pub fn request_keyframe(&self) -> bool {
-        let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return false };
-        if !self.keyframe_limiter.lock().expect("keyframe lock").allow(Instant::now()) {
-            return false;
+    /// Forces a keyframe now, or at the end of the current one-second window if one was
+    /// already forced in it.
+    pub fn request_keyframe(&self) {
+        let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return };
+        let grant = self.keyframe_limiter.lock().expect("keyframe lock").request(Instant::now());
+        match grant {
+            Grant::Now => pipeline.request_keyframe(),
+            Grant::After(wait) => {
+                let limiter = self.keyframe_limiter.clone();
+                // Weak: a deferred request must not keep a stopped pipeline (and its camera) alive.
+                let pipeline = Arc::downgrade(&pipeline);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    limiter.lock().expect("keyframe lock").deferred_done(Instant::now());
+                    if let Some(pipeline) = pipeline.upgrade() {
+                        pipeline.request_keyframe();
+                    }
+                });
+            }
+            Grant::AlreadyDeferred => {}
         }
-        pipeline.request_keyframe();
-        true
     }
 
     fn on_packet(&self, packet: Bytes) {
@@ -283,15 +321,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keyframe_requests_at_most_once_per_second() {
+    fn keyframe_requests_at_most_once_per_second_and_none_lost() {
         let mut limiter = RateLimiter::new(KEYFRAME_REQUEST_INTERVAL);
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
-        assert!(limiter.allow(at(0)));
-        assert!(!limiter.allow(at(10)), "a burst of viewers asks once");
-        assert!(!limiter.allow(at(999)));
-        assert!(limiter.allow(at(1000)));
-        assert!(!limiter.allow(at(1500)), "the window restarts from the last request let through");
-        assert!(limiter.allow(at(2100)));
+        assert_eq!(limiter.request(at(0)), Grant::Now);
+        assert_eq!(limiter.request(at(300)), Grant::After(Duration::from_millis(700)), "put off to the window's end");
+        assert_eq!(limiter.request(at(500)), Grant::AlreadyDeferred, "a burst of viewers asks once more");
+        limiter.deferred_done(at(1000));
+        assert_eq!(limiter.request(at(1500)), Grant::After(Duration::from_millis(500)));
+        limiter.deferred_done(at(2000));
+        assert_eq!(limiter.request(at(3100)), Grant::Now);
     }
 }

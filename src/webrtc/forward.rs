@@ -16,9 +16,17 @@ pub enum Verdict {
     Malformed,
 }
 
+/// A header extension every packet carries: its negotiated id and its bytes.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    pub id: u8,
+    pub data: Bytes,
+}
+
 pub struct Forwarder {
     ssrc: u32,
     payload_type: u8,
+    extension: Option<Extension>,
     next_sequence: u16,
     waiting_for_keyframe: bool,
     /// Packets this viewer never got: lost while it lagged, or skipped until a keyframe.
@@ -27,8 +35,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(ssrc: u32, payload_type: u8, first_sequence: u16) -> Forwarder {
-        Forwarder { ssrc, payload_type, next_sequence: first_sequence, waiting_for_keyframe: true, dropped: 0, sent: 0 }
+    pub fn new(ssrc: u32, payload_type: u8, first_sequence: u16, extension: Option<Extension>) -> Forwarder {
+        Forwarder {
+            ssrc,
+            payload_type,
+            extension,
+            next_sequence: first_sequence,
+            waiting_for_keyframe: true,
+            dropped: 0,
+            sent: 0,
+        }
     }
 
     /// The viewer fell behind and `missed` packets are gone: resume at the next keyframe.
@@ -54,6 +70,11 @@ impl Forwarder {
         }
         packet.header.ssrc = self.ssrc;
         packet.header.payload_type = self.payload_type;
+        if let Some(extension) = &self.extension {
+            if packet.header.set_extension(extension.id, extension.data.clone()).is_err() {
+                return Verdict::Malformed;
+            }
+        }
         // Renumbered so that what we skipped is not a gap the browser would NACK.
         packet.header.sequence_number = self.next_sequence;
         self.next_sequence = self.next_sequence.wrapping_add(1);
@@ -96,17 +117,18 @@ mod tests {
 
     #[test]
     fn starts_at_a_keyframe_with_its_own_identity() {
-        let mut f = Forwarder::new(0xabcd, 102, 500);
+        let mut f = Forwarder::new(0xabcd, 102, 500, Some(Extension { id: 6, data: Bytes::from_static(&[0, 0, 0]) }));
         assert_eq!(f.offer(&packet(7, SLICE)), Verdict::WaitingForKeyframe);
         let p = sent(f.offer(&packet(8, SPS)));
         assert_eq!((p.header.ssrc, p.header.payload_type, p.header.sequence_number), (0xabcd, 102, 500));
+        assert_eq!(p.header.get_extension(6).as_deref(), Some(&[0u8, 0, 0][..]), "carries the extension");
         assert_eq!(sent(f.offer(&packet(9, SLICE))).header.sequence_number, 501);
         assert_eq!((f.sent, f.dropped), (2, 1));
     }
 
     #[test]
     fn after_lagging_resumes_at_the_next_keyframe_without_a_sequence_gap() {
-        let mut f = Forwarder::new(1, 96, u16::MAX);
+        let mut f = Forwarder::new(1, 96, u16::MAX, None);
         sent(f.offer(&packet(1, SPS)));
         f.lagged(40);
         assert!(f.waiting_for_keyframe());
@@ -117,7 +139,7 @@ mod tests {
 
     #[test]
     fn malformed_packets_are_reported() {
-        let mut f = Forwarder::new(1, 96, 0);
+        let mut f = Forwarder::new(1, 96, 0, None);
         assert_eq!(f.offer(&Bytes::from_static(&[0x80])), Verdict::Malformed);
     }
 }

@@ -14,24 +14,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Slot;
+use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+use rtc::shared::marshal::{Marshal, MarshalSize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
+    RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, Registry, SettingEngine, SettingEngineBuilder,
 };
 
 use crate::config::WebRtcSettings;
-use forward::{Forwarder, Verdict};
+use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +83,30 @@ fn h264_codec(profile_level_id: &str) -> RTCRtpCodec {
     }
 }
 
+/// Tells the browser how long it may buffer before rendering (RFC-less, Chrome and Firefox).
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// Playout delay 0-0: render each frame as soon as it is decoded. Live video on a LAN gains
+/// tens of milliseconds; the browser still smooths jitter it actually sees.
+fn playout_delay_zero() -> Bytes {
+    let mut data = bytes::BytesMut::zeroed(PlayoutDelayExtension { min_delay: 0, max_delay: 0 }.marshal_size());
+    PlayoutDelayExtension { min_delay: 0, max_delay: 0 }.marshal_to(&mut data).expect("fits its own size");
+    data.freeze()
+}
+
 /// Profile-level-ids we answer: constrained baseline 3.1, and Chrome's "42001f" variant.
 pub const H264_PROFILE_LEVEL_IDS: [&str; 2] = ["42e01f", "42001f"];
 
 /// A media engine with our H.264 registrations (the load-test viewers use it too).
 pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
     let mut engine = MediaEngine::default();
+    engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: PLAYOUT_DELAY_URI.into() },
+            RtpCodecKind::Video,
+            None,
+        )
+        .map_err(setup)?;
     for (i, profile) in H264_PROFILE_LEVEL_IDS.iter().enumerate() {
         engine
             .register_codec(
@@ -209,6 +230,8 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Packets kept per viewer for retransmission (a power of two).
+const NACK_HISTORY: u16 = 256;
 /// A viewer gone silent this long is disconnected, and failed (and removed) after the next.
 const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
 const ICE_FAILED_AFTER: Duration = Duration::from_secs(10);
@@ -267,13 +290,16 @@ impl WebRtc {
 
     /// A peer connection on `port`, from the engine and settings built once in `new`.
     async fn build_peer(&self, handler: Arc<Handler>, port: u16) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
-        let mut engine = self.engine.clone();
-        // Interceptors hold per-connection state, so each peer gets its own chain.
-        let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(setup)?;
-        // Last in the chain, after the interceptors that act on reports and NACKs.
-        let registry = registry.with(Slot::from(14_000), keyframe_requests::KeyframeRequests::default());
+        // Interceptors hold per-connection state, so each peer gets its own chain: only what a
+        // sender needs (no NACK generator, TWCC or receiver reports: viewers send us no media).
+        let registry = Registry::new()
+            // Retransmits what a viewer reports lost: ~1.3 s of packets at 2 Mbit/s.
+            .with(Slot::NackResponder, NackResponderBuilder::new().with_size(NACK_HISTORY).build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            // Last in the chain, after the interceptors that act on reports and NACKs.
+            .with(Slot::from(14_000), keyframe_requests::KeyframeRequests::default());
         let peer = PeerConnectionBuilder::new()
-            .with_media_engine(engine)
+            .with_media_engine(self.engine.clone())
             .with_interceptor_registry(registry)
             .with_setting_engine(self.setting_engine.clone())
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
@@ -464,8 +490,9 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     let (ssrc, track) = (track.ssrc, &track.track);
     let mut packets = feed.subscribe();
     feed.request_keyframe();
-    let payload_type = negotiated_payload_type(&viewer.peer).await.unwrap_or(102);
-    let mut forwarder = Forwarder::new(ssrc, payload_type, (rand_u32() & 0x7fff) as u16);
+    let negotiated = negotiated(&viewer.peer).await;
+    let extension = negotiated.playout_delay_id.map(|id| Extension { id, data: playout_delay_zero() });
+    let mut forwarder = Forwarder::new(ssrc, negotiated.payload_type, (rand_u32() & 0x7fff) as u16, extension);
     let connected = std::time::Instant::now();
     loop {
         let packet = match packets.recv().await {
@@ -507,20 +534,28 @@ async fn forward_keyframe_requests(track: Arc<TrackLocalStaticRTP>, feed: Arc<dy
     }
 }
 
-async fn negotiated_payload_type(peer: &Arc<dyn PeerConnection>) -> Option<u8> {
+/// What the viewer's answer settled that each packet must carry.
+struct Negotiated {
+    payload_type: u8,
+    playout_delay_id: Option<u8>,
+}
+
+async fn negotiated(peer: &Arc<dyn PeerConnection>) -> Negotiated {
+    let mut negotiated = Negotiated { payload_type: 102, playout_delay_id: None };
     for sender in peer.get_senders().await {
-        if let Ok(parameters) = sender.get_parameters().await {
-            if let Some(codec) = parameters
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/H264"))
-            {
-                return Some(codec.payload_type);
-            }
+        let Ok(parameters) = sender.get_parameters().await else { continue };
+        let parameters = parameters.rtp_parameters;
+        if let Some(codec) = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/H264"))
+        {
+            negotiated.payload_type = codec.payload_type;
         }
+        negotiated.playout_delay_id = parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == PLAYOUT_DELAY_URI)
+            .and_then(|e| u8::try_from(e.id).ok());
     }
-    None
+    negotiated
 }
 
 #[cfg(test)]
