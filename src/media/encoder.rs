@@ -36,6 +36,8 @@ pub fn make(choice: EncoderChoice, video: &VideoSettings) -> Result<gst::Element
             .property("bitrate", kbps)
             .property("key-int-max", gop)
             .property("bframes", 0u32)
+            // Access unit delimiters mean nothing over RTP (RFC 6184) and cost a packet a frame.
+            .property("aud", false)
             // A VBV of a few frames keeps frame sizes even, so no frame waits behind a big one.
             .property("vbv-buf-capacity", 300u32),
         EncoderChoice::V4l2 => builder.property(
