@@ -334,3 +334,16 @@ async fn the_player_is_served_and_revalidated_with_etags() {
     assert_eq!(http.get(gateway.url("/strip.test.mjs")).send().await.unwrap().status(), 404, "tests are not shipped");
     assert_eq!(http.get(gateway.url("/../Cargo.toml")).send().await.unwrap().status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_port_held_by_another_program_is_skipped() {
+    let ports = common::port_range(2);
+    let low: u16 = ports.split('-').next().unwrap().parse().unwrap();
+    // Another program (a client's ephemeral port, say) holds the first port of the range.
+    let _squatter = std::net::UdpSocket::bind((common::media_ip().as_str(), low)).unwrap();
+    let gateway = Gateway::start_in(&[], tempfile::tempdir().unwrap(), &ports);
+    gateway.wait_for_state("live", "playing", START).await;
+    let viewer = Viewer::new();
+    viewer.connect_whep(&gateway.base, "live").await;
+    viewer.wait_for_frames(10, Duration::from_secs(20)).await;
+}

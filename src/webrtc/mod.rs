@@ -230,6 +230,8 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Ports tried for one viewer before giving up.
+const BIND_ATTEMPTS: usize = 8;
 /// Packets kept per viewer for retransmission (a power of two).
 const NACK_HISTORY: u16 = 256;
 /// A viewer gone silent this long is disconnected, and failed (and removed) after the next.
@@ -310,6 +312,30 @@ impl WebRtc {
         Ok(Arc::new(peer))
     }
 
+    /// A peer on a free port of the range. The range may overlap the kernel's ephemeral ports,
+    /// so another program can hold one: such a port fails to bind and is skipped.
+    async fn bind_peer(&self, handler: Arc<Handler>) -> Result<(Arc<dyn PeerConnection>, PortLease), WebRtcError> {
+        // Held until we are done, so the pool does not hand the same busy port out again.
+        let mut unusable = Vec::new();
+        for _ in 0..BIND_ATTEMPTS {
+            let port = self.ports.lease().ok_or_else(|| WebRtcError::NoFreePort {
+                total: self.settings.ports.len(),
+                range: self.settings.ports.to_string(),
+            })?;
+            match self.build_peer(handler.clone(), port.port).await {
+                Ok(peer) => return Ok((peer, port)),
+                Err(err) => {
+                    tracing::debug!(port = port.port, error = %err, "UDP port unusable; trying another");
+                    unusable.push(port);
+                }
+            }
+        }
+        Err(WebRtcError::Setup(format!(
+            "no usable UDP port after {BIND_ATTEMPTS} tries in {}: other programs hold ports of --webrtc-ports",
+            self.settings.ports
+        )))
+    }
+
     /// Answers a viewer's offer. The answer carries every candidate gathered within a short
     /// wait (all of them, for host candidates); later ones arrive as `PeerEvent::Candidate`.
     pub async fn answer(
@@ -320,10 +346,6 @@ impl WebRtc {
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(Arc<Viewer>, String), WebRtcError> {
         let slot = self.reserve(stream)?;
-        let port = self.ports.lease().ok_or_else(|| WebRtcError::NoFreePort {
-            total: self.settings.ports.len(),
-            range: self.settings.ports.to_string(),
-        })?;
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let handler = Arc::new(Handler {
@@ -333,7 +355,7 @@ impl WebRtc {
             public_ip: self.settings.public_ip,
         });
 
-        let peer = self.build_peer(handler, port.port).await?;
+        let (peer, port) = self.bind_peer(handler).await?;
 
         let result = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await;
         let (track, answer) = match result {
