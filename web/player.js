@@ -160,6 +160,11 @@ async function run() {
   endSession();
   setState('connecting');
 
+  // Only WebRTC needs the ICE servers, but asking alongside the stream list saves a round trip.
+  const iceConfig = fetchJson('/api/config').catch((e) => {
+    console.info('[livegate] /api/config unavailable, using no ICE servers', e.message);
+    return {};
+  });
   let streams;
   try {
     streams = await fetchJson('/api/streams');
@@ -190,9 +195,9 @@ async function run() {
   const hasWebRtc = typeof window.RTCPeerConnection === 'function';
   if (requestedMode === 'hls') startHls(info);
   else if (requestedMode === 'webrtc') {
-    if (hasWebRtc) startWebRtc(info);
+    if (hasWebRtc) startWebRtc(info, iceConfig);
     else { setMode('WebRTC'); setState('WebRTC is not supported by this browser', 'error'); }
-  } else if (hasWebRtc) startWebRtc(info);
+  } else if (hasWebRtc) startWebRtc(info, iceConfig);
   else startHls(info, 'no RTCPeerConnection');
 }
 
@@ -203,19 +208,14 @@ function wsUrl(info) {
   return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
 }
 
-async function startWebRtc(info) {
+async function startWebRtc(info, iceConfig) {
   const s = newSession('WebRTC', info);
   setState('connecting');
   resetVideo();
   startWatchdog(s, WEBRTC_FIRST_FRAME_MS);
 
-  let iceServers = [];
-  try {
-    const cfg = await fetchJson('/api/config');
-    if (Array.isArray(cfg.iceServers)) iceServers = cfg.iceServers;
-  } catch (e) {
-    console.info('[livegate] /api/config unavailable, using no ICE servers', e.message);
-  }
+  const cfg = await iceConfig;
+  const iceServers = Array.isArray(cfg.iceServers) ? cfg.iceServers : [];
   if (!alive(s)) return;
 
   let pc;
