@@ -8,7 +8,6 @@ pub mod source;
 pub mod strip;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,7 +111,6 @@ pub struct MediaStream {
     pub hls_dir: PathBuf,
     status: Mutex<(StreamState, Option<String>)>,
     packets: broadcast::Sender<Bytes>,
-    packets_sent: AtomicU64,
     running: Mutex<Option<Arc<StreamPipeline>>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
 }
@@ -126,7 +124,6 @@ impl MediaStream {
             hls_dir: hls_root.join(&spec.name),
             status: Mutex::new((StreamState::Starting, None)),
             packets: broadcast::channel(PACKET_BUFFER).0,
-            packets_sent: AtomicU64::new(0),
             running: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
         }
@@ -145,10 +142,6 @@ impl MediaStream {
     /// oldest ones and is told how many.
     pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
         self.packets.subscribe()
-    }
-
-    pub fn packets_sent(&self) -> u64 {
-        self.packets_sent.load(Ordering::Relaxed)
     }
 
     /// Forces a keyframe now, or at the end of the current one-second window if one was
@@ -175,9 +168,12 @@ impl MediaStream {
     }
 
     fn on_packet(&self, packet: Bytes) {
-        if self.packets_sent.fetch_add(1, Ordering::Relaxed) == 0 || self.status().0 != StreamState::Playing {
-            self.set_status(StreamState::Playing, None);
+        // The first packet after a (re)start is what proves the pipeline works.
+        let mut status = self.status.lock().expect("status lock");
+        if status.0 != StreamState::Playing {
+            *status = (StreamState::Playing, None);
         }
+        drop(status);
         // No receivers is not an error: nobody is watching over WebRTC.
         let _ = self.packets.send(packet);
     }

@@ -5,7 +5,6 @@ pub mod peer;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,8 +168,4 @@ pub fn install_crypto() {
 pub fn run_to_exit(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_livegate")).args(args).output().unwrap();
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
-pub fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
 }
