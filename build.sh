@@ -33,7 +33,7 @@ Environment:
 
 Building a foreign platform uses QEMU emulation; register it once per host
 with your distribution's qemu-user-static/binfmt support (see
-README.md), or attach a native arm64 node to the builder.
+docs/KUBERNETES.md), or attach a native arm64 node to the builder.
 USAGE
 }
 
