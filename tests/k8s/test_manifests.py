@@ -3,8 +3,9 @@
 Every kustomization under k8s/ is rendered with the real kustomize (built
 into kubectl), every rendered object is validated against the Kubernetes
 JSON schemas (kubernetes-validate), and the conventions the deployment
-relies on are asserted: probes, security context, TLS Secret mount, the
-config file and its paths, volumes, device requests, WebRTC reachability.
+relies on are asserted: probes, security context, TLS and access-token
+Secret mounts, the config file and its paths, volumes, device requests,
+WebRTC reachability.
 Run through tests/k8s/run.sh, which installs the pinned tools.
 """
 
@@ -42,6 +43,17 @@ RENDERABLE = {"base": K8S / "base", **DEPLOYABLE}
 
 NAMESPACE = "livegate"
 TLS_SECRET = "livegate-tls"
+# Access control: the Secret (created by hand, never committed) holding one
+# token per line under each key, mounted as a whole directory.
+AUTH_SECRET = "livegate-auth"
+AUTH_MOUNT = "/etc/livegate/auth"
+AUTH_FILES = {"viewer_token_file": "viewer-tokens", "admin_token_file": "admin-tokens"}
+# Settings that name other secret material; when set, they belong on a
+# Secret volume too.
+SECRET_FILE_SETTINGS = ("jwt_secret_file", "jwks_file")
+# The Markdown that documents the deployment.
+GUIDE = ROOT / "docs" / "KUBERNETES.md"
+DOCS = [ROOT / "README.md", ROOT / "certs" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 UID = 10001
 VIDEO_GID = 44
 CONFIG_KEY = "livegate.toml"
@@ -322,6 +334,67 @@ def test_tls_secret_mount_matches_config(overlay):
     assert len(set(secret_mounts)) == 1
 
 
+@pytest.mark.parametrize("name", RENDERABLE)
+def test_auth_secret_mount_matches_config(name):
+    """Both token files are configured, on the livegate-auth directory mount."""
+    docs = render(RENDERABLE[name])
+    cfg = livegate_config(docs)
+    pod_sc = pod_spec(docs).get("securityContext", {})
+    for key, secret_key in AUTH_FILES.items():
+        assert key in cfg, f"{key} missing from the {name} config: access control must be on"
+        m, v = mount_for(docs, cfg[key])
+        assert "secret" in v, f"{key} {cfg[key]} is not on a Secret volume"
+        assert v["secret"]["secretName"] == AUTH_SECRET
+        assert m["mountPath"] == AUTH_MOUNT, f"the {AUTH_SECRET} Secret belongs at {AUTH_MOUNT}"
+        assert m.get("readOnly") is True, f"mount the {AUTH_SECRET} Secret read-only"
+        # Only a directory mount sees the kubelet's "..data" symlink swap, so
+        # rotated tokens reach livegate without a restart.
+        assert "subPath" not in m and "subPathExpr" not in m, f"no subPath for {AUTH_SECRET}"
+        assert not v["secret"].get("optional"), "without its tokens the pod must not start"
+        rel = str(PurePosixPath(cfg[key]).relative_to(m["mountPath"]))
+        items = {i["path"]: i["key"] for i in v["secret"].get("items", [])}
+        if items:
+            assert rel in items, f"{key} {rel} is not among the Secret's items"
+        assert items.get(rel, rel) == secret_key, f"{key} points at {rel}, not the key {secret_key}"
+        mode = v["secret"].get("defaultMode", 0o644)
+        assert mode & 0o007 == 0, f"tokens must not be world-readable (defaultMode {mode:o})"
+        assert mode & 0o040 and pod_sc.get("fsGroup") is not None, (
+            "livegate reads the tokens through the group (fsGroup)"
+        )
+    assert cfg["viewer_token_file"] != cfg["admin_token_file"]
+
+
+@pytest.mark.parametrize("name", RENDERABLE)
+def test_other_secret_files_on_secret_volumes(name):
+    """JWT keys, when an overlay uses them, live on a Secret directory mount too."""
+    docs = render(RENDERABLE[name])
+    cfg = livegate_config(docs)
+    for key in SECRET_FILE_SETTINGS:
+        if key in cfg:
+            m, v = mount_for(docs, cfg[key])
+            assert "secret" in v, f"{key} {cfg[key]} is not on a Secret volume"
+            assert m.get("readOnly") is True and "subPath" not in m, key
+
+
+@pytest.mark.parametrize("name", RENDERABLE)
+def test_no_secrets_committed(name):
+    """Certificates and tokens are created by hand, never kept in k8s/."""
+    docs = render(RENDERABLE[name])
+    assert not [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"], (
+        "no Secret in the manifests: livegate-tls and livegate-auth are created by hand"
+    )
+    cfg = livegate_config(docs)
+    for key in ("viewer_token", "admin_token"):
+        assert key not in cfg, f"{key} in the ConfigMap: tokens belong in the {AUTH_SECRET} Secret"
+    c = container(docs)
+    for env in c.get("env", []):
+        name_ = env["name"]
+        if name_.startswith("LIVEGATE_") and ("TOKEN" in name_ or "JWT" in name_):
+            assert "value" not in env, f"{name_} holds a secret in plain text"
+    args = [*c.get("command", []), *c.get("args", [])]
+    assert not [a for a in args if "token" in a or "jwt" in a], "no tokens in container args"
+
+
 def test_config_mounted_and_passed(overlay):
     cm, m, ref = config_mount(overlay)
     assert m.get("readOnly") is True
@@ -493,6 +566,14 @@ def check_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
     (tmp_path / "state").mkdir(exist_ok=True)
     env["LIVEGATE_HLS_DIR"] = str(tmp_path / "hls")
     env["LIVEGATE_STATE_DIR"] = str(tmp_path / "state")
+    # The token files come from the livegate-auth Secret in the pod; here
+    # throwaway ones in the same format stand in for them.
+    cfg_keys = tomllib.loads(text).keys()
+    for key, secret_key in AUTH_FILES.items():
+        if key in cfg_keys:
+            tokens = tmp_path / secret_key
+            tokens.write_text(f"# throwaway test token\n\ntest-only-{secret_key}-not-a-secret\n")
+            env[f"LIVEGATE_{key.upper()}"] = str(tokens)
     if shutil.which("openssl"):
         crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
         if not crt.exists():
@@ -517,6 +598,7 @@ def test_config_loads_with_livegate(name, tmp_path):
     proc = check_config(tmp_path, text)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"livegate --check-config rejected the {name} config:\n{out}"
+    assert not re.search(r"access control\s*=\s*off", out), f"access control is off:\n{out}"
     for s in tomllib.loads(text)["stream"]:
         assert s["source"] in out, f"effective settings do not show source {s['source']}:\n{out}"
 
@@ -601,9 +683,56 @@ def test_build_sh_dry_run():
 # ------------------------------------------------------------- the guide
 
 
-def test_guide_references_exist():
-    guide = (ROOT / "README.md").read_text()
-    refs = set(re.findall(r"\b((?:k8s|device_manager|tests/k8s)/[\w./-]*\w)", guide))
-    assert refs, "the guide names the files it uses"
+@pytest.mark.parametrize("doc", [ROOT / "README.md", GUIDE], ids=lambda p: p.name)
+def test_guide_references_exist(doc):
+    text = doc.read_text()
+    refs = set(re.findall(r"\b((?:k8s|device_manager|tests/k8s)/[\w./-]*\w)", text))
+    assert refs, f"{doc.name} names the files it uses"
     missing = sorted(r for r in refs if not (ROOT / r).exists())
-    assert not missing, f"README.md names missing files: {missing}"
+    assert not missing, f"{doc.relative_to(ROOT)} names missing files: {missing}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = re.sub(r"(?ms)^```.*?^```", "", doc.read_text())
+    return {slug(h) for h in re.findall(r"(?m)^#{1,6} (.+)$", text)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_doc_links_resolve(doc):
+    text = re.sub(r"(?ms)^```.*?^```", "", doc.read_text())
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists():
+            broken.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(target)
+    assert not broken, f"{doc.relative_to(ROOT)}: broken links {broken}"
+
+
+def test_readme_points_at_the_guides():
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/KUBERNETES.md)" in readme and "(docs/TESTING.md)" in readme
+
+
+def test_guide_creates_the_auth_secret():
+    """The documented commands make the Secret the manifests mount."""
+    text = GUIDE.read_text()
+    creates = re.findall(r"create secret generic " + AUTH_SECRET + r"[^`]*?(?=\n\S|\n\n|$)", text, re.S)
+    assert creates, f"{GUIDE.name} shows how to create the Secret {AUTH_SECRET}"
+    for cmd in creates:
+        for secret_key in AUTH_FILES.values():
+            assert re.search(rf"--from-(?:literal|file)={re.escape(secret_key)}=", cmd), (
+                f"{GUIDE.name}: `{cmd.strip()}` does not set the key {secret_key}"
+            )
+    assert any("--dry-run=client -o yaml | kubectl apply -f -" in c for c in creates), (
+        "the guide shows how to rotate the tokens in place"
+    )
