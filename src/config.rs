@@ -11,6 +11,8 @@ use std::str::FromStr;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::redact::{Secret, Secrets};
+
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443);
 pub const DEFAULT_STREAM_NAME: &str = "live";
 pub const DEFAULT_WIDTH: u32 = 1280;
@@ -20,6 +22,8 @@ pub const DEFAULT_BITRATE: Bitrate = Bitrate { kbps: 2000 };
 pub const DEFAULT_WEBRTC_PORTS: PortRange = PortRange { low: 50000, high: 50099 };
 pub const DEFAULT_WEBRTC_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MAX_VIEWERS: usize = 200;
+pub const DEFAULT_MAX_PENDING_PER_IP: usize = 8;
+pub const DEFAULT_SIGNALLING_RATE: u32 = 10;
 /// Prefix of every environment variable livegate reads.
 pub const ENV_PREFIX: &str = "LIVEGATE_";
 /// Separator between the items of a list setting given in the environment.
@@ -120,6 +124,7 @@ pub struct Settings {
     pub public_ip: Option<IpAddr>,
     /// STUN/TURN server for browsers, repeatable: stun:host:port or turn:user:pass@host:port.
     #[arg(long, value_name = "URL")]
+    #[serde(alias = "ice_servers")]
     pub ice_server: Option<Vec<IceServer>>,
     /// Most WebRTC viewers per stream [default: 200].
     #[arg(long, value_name = "N")]
@@ -127,6 +132,47 @@ pub struct Settings {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// A token that lets its holder watch every stream, repeatable.
+    #[arg(long, value_name = "TOKEN")]
+    pub viewer_token: Option<Vec<Secret>>,
+    /// A token that gives its holder the admin role (and every stream), repeatable.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<Vec<Secret>>,
+    /// File of viewer tokens, one per line; re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    pub viewer_token_file: Option<PathBuf>,
+    /// File of admin tokens, one per line; re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the HS256 secret that signs JWTs; re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// JWKS file (RS256, ES256 public keys) that signs JWTs; re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL (https://, or http:// on loopback); cached, refreshed on an unknown key id.
+    #[arg(long, value_name = "URL")]
+    pub jwks_url: Option<JwksUrl>,
+    /// Required `aud` claim of JWTs.
+    #[arg(long, value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim of JWTs.
+    #[arg(long, value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Most unconnected WebRTC sessions one client address may hold [default: 8].
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_ip: Option<usize>,
+    /// Signalling requests (WHEP, WebSocket) per second per client address; bursts of twice
+    /// that pass [default: 10].
+    #[arg(long, value_name = "N")]
+    pub signalling_rate: Option<u32>,
+    /// Proxy whose X-Forwarded-For names the client, repeatable: CIDR or address.
+    #[arg(long, value_name = "CIDR")]
+    pub trusted_proxy: Option<Vec<Cidr>>,
+    /// Origin allowed to call WHEP, HLS and the API from its pages, repeatable: * or
+    /// https://host[:port] [default: * (never * for admin answers)].
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Option<Vec<CorsOrigin>>,
 }
 
 macro_rules! layer_fields {
@@ -140,7 +186,9 @@ impl Settings {
     fn over(self, lower: Settings) -> Settings {
         layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder,
             latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
-            webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format)
+            webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
+            admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
+            jwt_audience, jwt_issuer, max_pending_per_ip, signalling_rate, trusted_proxy, cors_origin)
     }
 
     /// Reads `LIVEGATE_<FLAG>` variables through the same parser as the flags.
@@ -204,6 +252,9 @@ impl FromStr for Source {
         } else if let Some(rest) = s.strip_prefix("v4l2:") {
             Ok(Source::V4l2 { device: non_empty(rest, "v4l2 device")?.into() })
         } else if s.starts_with("rtsp://") || s.starts_with("rtsps://") {
+            if let Some(password) = crate::redact::url_password(s) {
+                Secrets::global().register(password);
+            }
             Ok(Source::Rtsp { url: s.to_owned() })
         } else if let Some(rest) = s.strip_prefix("file:") {
             Ok(Source::File { path: non_empty(rest, "file path")?.into() })
@@ -215,14 +266,17 @@ impl FromStr for Source {
     }
 }
 
+/// Shows the source as configured, with its passwords masked: this is what the API, the log
+/// and `--check-config` print.
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::redact::redact;
         match self {
             Source::Test => f.write_str("test"),
             Source::V4l2 { device } => write!(f, "v4l2:{}", device.display()),
-            Source::Rtsp { url } => f.write_str(url),
+            Source::Rtsp { url } => f.write_str(&redact(url)),
             Source::File { path } => write!(f, "file:{}", path.display()),
-            Source::Gst { launch } => write!(f, "gst:{launch}"),
+            Source::Gst { launch } => write!(f, "gst:{}", redact(launch)),
         }
     }
 }
@@ -364,6 +418,8 @@ impl FromStr for IceServer {
                 let (user, pass) = credentials
                     .split_once(':')
                     .ok_or_else(|| format!("{s:?}: TURN credentials must be USER:PASS@; accepted: {accepted}"))?;
+                // Browsers get TURN credentials from /api/config; logs never do.
+                Secrets::global().register(pass);
                 Ok(IceServer {
                     urls: vec![format!("{scheme}:{host}")],
                     username: Some(user.to_owned()),
@@ -392,7 +448,81 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Bitrate, PortRange, IceServer);
+deserialize_from_str!(Bitrate, PortRange, IceServer, Secret, JwksUrl, Cidr, CorsOrigin);
+
+/// Where JWT signing keys are fetched: HTTPS, or plain HTTP to a loopback address (a sidecar,
+/// a test).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl(pub String);
+
+impl FromStr for JwksUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let accepted = "an https:// URL, or http:// to localhost or a loopback address";
+        let host = |rest: &str| {
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            match host.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
+                None => host.split(':').next().unwrap_or_default().to_owned(),
+            }
+        };
+        let loopback = |host: &str| host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match s.split_once("://") {
+            Some(("https", rest)) if !host(rest).is_empty() => Ok(JwksUrl(s.to_owned())),
+            Some(("http", rest)) if loopback(&host(rest)) => Ok(JwksUrl(s.to_owned())),
+            _ => Err(format!("{:?} is not a JWKS URL; accepted: {accepted}", crate::redact::redact(s))),
+        }
+    }
+}
+
+/// An address block (`10.0.0.0/8`) or one address (`10.0.0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(Cidr)
+            .map_err(|_| format!("{s:?} is not an address block; accepted: CIDR like 10.0.0.0/8 or fd00::/8, or one address"))
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+/// A web origin allowed to call livegate from its pages, or `*` for any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigin {
+    Any,
+    Exactly(String),
+}
+
+impl FromStr for CorsOrigin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().trim_end_matches('/');
+        if s == "*" {
+            return Ok(CorsOrigin::Any);
+        }
+        let valid = s.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https")
+                && !host.is_empty()
+                && !host.contains(['/', '?', '#', '@', ' '])
+        });
+        if valid {
+            Ok(CorsOrigin::Exactly(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("{s:?} is not an origin; accepted: * or scheme://host[:port], e.g. https://dash.example.org"))
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -443,6 +573,44 @@ pub struct WebRtcSettings {
     pub max_viewers: usize,
 }
 
+/// Who may watch and administer. Everything is open when nothing is configured.
+#[derive(Debug, Clone, Default)]
+pub struct AccessSettings {
+    pub viewer_tokens: Vec<Secret>,
+    pub admin_tokens: Vec<Secret>,
+    pub viewer_token_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<JwksUrl>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
+}
+
+impl AccessSettings {
+    /// True when any credential is configured, so anonymous callers are turned away.
+    pub fn is_enabled(&self) -> bool {
+        !self.viewer_tokens.is_empty()
+            || !self.admin_tokens.is_empty()
+            || self.viewer_token_file.is_some()
+            || self.admin_token_file.is_some()
+            || self.uses_jwt()
+    }
+
+    pub fn uses_jwt(&self) -> bool {
+        self.jwt_secret_file.is_some() || self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
+/// What one client address may do to signalling.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub max_pending_per_ip: usize,
+    /// Requests per second; bursts of twice as many pass.
+    pub signalling_rate: u32,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -457,6 +625,10 @@ pub struct Config {
     pub tls: TlsMode,
     pub webrtc: WebRtcSettings,
     pub log_format: LogFormat,
+    pub access: AccessSettings,
+    pub limits: ClientLimits,
+    /// Empty means any origin.
+    pub cors_origins: Vec<CorsOrigin>,
 }
 
 /// What `load` returns besides the config: whether to only check it.
@@ -549,6 +721,33 @@ impl Config {
         if let Some(ip) = s.public_ip.filter(|ip| ip.is_unspecified()) {
             return Err(invalid("public_ip", ip, "a concrete address other peers can reach"));
         }
+        let access = AccessSettings {
+            viewer_tokens: s.viewer_token.unwrap_or_default(),
+            admin_tokens: s.admin_token.unwrap_or_default(),
+            viewer_token_file: s.viewer_token_file,
+            admin_token_file: s.admin_token_file,
+            jwt_secret_file: s.jwt_secret_file,
+            jwks_file: s.jwks_file,
+            jwks_url: s.jwks_url,
+            jwt_audience: s.jwt_audience,
+            jwt_issuer: s.jwt_issuer,
+        };
+        for (setting, value) in [("jwt_audience", &access.jwt_audience), ("jwt_issuer", &access.jwt_issuer)] {
+            if let Some(value) = value.as_ref().filter(|_| !access.uses_jwt()) {
+                return Err(invalid(setting, value, "only with jwt_secret_file, jwks_file or jwks_url"));
+            }
+        }
+        let max_pending_per_ip = s.max_pending_per_ip.unwrap_or(DEFAULT_MAX_PENDING_PER_IP);
+        if max_pending_per_ip == 0 {
+            return Err(invalid("max_pending_per_ip", 0, "at least 1"));
+        }
+        let signalling_rate = s.signalling_rate.unwrap_or(DEFAULT_SIGNALLING_RATE);
+        if signalling_rate == 0 {
+            return Err(invalid("signalling_rate", 0, "at least 1 request per second"));
+        }
+        let cors_origins = s.cors_origin.unwrap_or_default();
+        let cors_origins =
+            if cors_origins.contains(&CorsOrigin::Any) { Vec::new() } else { cors_origins };
 
         Ok(Config {
             listen: s.listen.unwrap_or(DEFAULT_LISTEN),
@@ -568,6 +767,13 @@ impl Config {
                 max_viewers,
             },
             log_format: s.log_format.unwrap_or_default(),
+            access,
+            limits: ClientLimits {
+                max_pending_per_ip,
+                signalling_rate,
+                trusted_proxies: s.trusted_proxy.unwrap_or_default(),
+            },
+            cors_origins,
         })
     }
 }
@@ -601,7 +807,44 @@ impl fmt::Display for Config {
         let w = &self.webrtc;
         writeln!(f, "webrtc ports = {}, bind = {}, public_ip = {:?}", w.ports, w.bind, w.public_ip)?;
         writeln!(f, "ice_servers = {:?}", w.ice_servers.iter().map(|s| &s.urls).collect::<Vec<_>>())?;
-        write!(f, "max_viewers = {}, log_format = {:?}", w.max_viewers, self.log_format)
+        writeln!(f, "max_viewers = {}, log_format = {:?}", w.max_viewers, self.log_format)?;
+        let a = &self.access;
+        let file = |path: &Option<PathBuf>| path.as_deref().map_or("-".into(), |p| p.display().to_string());
+        writeln!(
+            f,
+            "access control = {}: {} viewer and {} admin tokens, viewer_token_file = {}, admin_token_file = {}",
+            if a.is_enabled() { "on" } else { "off (anyone may watch)" },
+            a.viewer_tokens.len(),
+            a.admin_tokens.len(),
+            file(&a.viewer_token_file),
+            file(&a.admin_token_file),
+        )?;
+        writeln!(
+            f,
+            "jwt_secret_file = {}, jwks_file = {}, jwks_url = {}, jwt_audience = {:?}, jwt_issuer = {:?}",
+            file(&a.jwt_secret_file),
+            file(&a.jwks_file),
+            a.jwks_url.as_ref().map_or("-".into(), |u| crate::redact::redact(&u.0).into_owned()),
+            a.jwt_audience,
+            a.jwt_issuer,
+        )?;
+        let l = &self.limits;
+        writeln!(
+            f,
+            "max_pending_per_ip = {}, signalling_rate = {}/s, trusted_proxies = {:?}",
+            l.max_pending_per_ip,
+            l.signalling_rate,
+            l.trusted_proxies.iter().map(|c| c.0.to_string()).collect::<Vec<_>>()
+        )?;
+        let origins: Vec<String> = self
+            .cors_origins
+            .iter()
+            .map(|o| match o {
+                CorsOrigin::Any => "*".into(),
+                CorsOrigin::Exactly(origin) => origin.clone(),
+            })
+            .collect();
+        write!(f, "cors_origins = {}", if origins.is_empty() { "*".into() } else { origins.join(", ") })
     }
 }
 

@@ -4,20 +4,26 @@
 //! # Layout
 //!
 //! - [`config`]: the one `Config`, from flags > `LIVEGATE_*` environment > TOML file > defaults.
+//! - [`redact`]: secrets never leave the process: URL passwords masked wherever text is shown,
+//!   known secrets scrubbed from every log line.
+//! - [`auth`]: who may watch: viewer and admin roles from tokens, token files and JWTs.
 //! - [`media`]: GStreamer only. Per stream, a pipeline from the source through one H.264
 //!   encoder to a tee: one branch writes HLS, the other packetises RTP into an appsink whose
 //!   packets go out on a broadcast channel. Restarts a failed pipeline; draws the latency strip.
 //! - [`webrtc`]: webrtc-rs peers and fan-out. Each viewer gets its own track, SSRC and payload
 //!   type; a viewer that lags drops packets, is counted and resumes at the next keyframe.
 //! - [`signalling`]: the WebSocket protocol and WHEP, as serde types and pure session logic
-//!   with thin transports; it drives `webrtc`.
-//! - [`http`]: the axum router over rustls: player page, `/api`, signalling, HLS files.
+//!   with thin transports; it drives `webrtc` and limits what each client address may do.
+//! - [`http`]: the axum router over rustls: who is asking (address, credential), player page,
+//!   `/api`, signalling, HLS files, security headers.
 //!
 //! [`run`] wires them and shuts them down in order.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod redact;
 pub mod signalling;
 pub mod webrtc;
 
@@ -47,14 +53,28 @@ impl signalling::Feeds for Media {
     }
 }
 
+/// How often the per-address rate state of quiet clients is dropped.
+const FORGET_IDLE_CLIENTS: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn forget_idle_clients(signalling: Arc<signalling::Signalling>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FORGET_IDLE_CLIENTS) => signalling.limits.forget_idle(),
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
     let stop = CancellationToken::new();
 
-    // TLS first: a broken certificate must stop us before anything starts.
+    // TLS and credentials first: a broken certificate or token file must stop us before
+    // anything starts.
     let tls = http::tls::load(&config.tls, &config.state_dir, stop.clone()).await.context("TLS setup failed")?;
+    let auth = Arc::new(auth::Auth::start(&config.access, stop.clone()).await.context("access control setup failed")?);
     let listener =
         std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
@@ -77,10 +97,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         webrtc: webrtc.clone(),
         feeds: media.clone(),
         ice_servers: config.webrtc.ice_servers.clone(),
+        auth: auth.clone(),
+        limits: signalling::limits::Limits::new(&config.limits),
+        allowed_origins: config.cors_origins.clone(),
     });
-    let state = Arc::new(http::AppState { config: config.clone(), media: media.clone(), webrtc: webrtc.clone() });
+    tokio::spawn(forget_idle_clients(signalling.clone(), stop.clone()));
+    let state = Arc::new(http::AppState {
+        config: config.clone(),
+        media: media.clone(),
+        webrtc: webrtc.clone(),
+        auth: auth.clone(),
+    });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");
+    if auth.is_enabled() {
+        tracing::info!("access control on: viewers and admins need a token");
+    } else if !local.ip().is_loopback() {
+        tracing::warn!(
+            local_addr = %local,
+            "no access control: anyone who can reach this address may watch every stream; \
+             set --viewer-token (or --viewer-token-file, --jwt-secret-file, --jwks-url)"
+        );
+    }
 
     let server = tokio::spawn(http::serve(http::router(state, signalling), listener, tls, stop.clone()));
     shutdown.await;

@@ -6,9 +6,10 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let loaded = match Config::load() {
         Ok(loaded) => loaded,
-        Err(livegate::config::ConfigError::Flags(err)) => err.exit(),
+        Err(livegate::config::ConfigError::Flags(err)) if !err.use_stderr() => err.exit(),
+        // Rejected values are quoted back: mask any password in them.
         Err(err) => {
-            eprintln!("livegate: {err}");
+            eprintln!("livegate: {}", livegate::redact::Secrets::global().scrub(&err.to_string()).trim_end());
             std::process::exit(2);
         }
     };
@@ -22,7 +23,8 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,webrtc=warn,rtc=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Every line passes through the scrubber: no secret reaches the log, whoever formatted it.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(livegate::redact::ScrubbingStderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -5,31 +5,41 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Serialize;
 
 use super::AppState;
+use crate::auth::{Access, Denied};
 use crate::config::IceServer;
 use crate::media::StreamState;
 
+/// What a viewer may know of a stream: enough to play it.
 #[derive(Debug, Serialize)]
-pub struct StreamInfo {
+pub struct StreamView {
     pub name: String,
-    pub source: String,
     pub state: StreamState,
-    pub error: Option<String>,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    pub hls: String,
+    pub whep: String,
+    pub ws: String,
+    pub player: String,
+}
+
+/// What an admin sees: the viewer's view plus the (redacted) source, the reason for an error,
+/// and counters.
+#[derive(Debug, Serialize)]
+pub struct StreamInfo {
+    #[serde(flatten)]
+    pub view: StreamView,
+    pub source: String,
+    pub error: Option<String>,
     pub viewers: usize,
     /// RTP packets sent to WebRTC viewers, all of them, since start.
     pub packets_sent: u64,
     /// Packets viewers missed because they lagged, or skipped until a keyframe.
     pub packets_dropped: u64,
-    pub hls: String,
-    pub whep: String,
-    pub ws: String,
-    pub player: String,
 }
 
 pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
@@ -42,27 +52,41 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
             let name = &stream.name;
             let (packets_sent, packets_dropped) = state.webrtc.stream_totals(name);
             StreamInfo {
-                name: name.clone(),
+                view: StreamView {
+                    name: name.clone(),
+                    state: stream_state,
+                    width: stream.video.width,
+                    height: stream.video.height,
+                    fps: stream.video.fps,
+                    hls: format!("/hls/{name}/index.m3u8"),
+                    whep: format!("/whep/{name}"),
+                    ws: format!("/ws/{name}"),
+                    player: format!("/?stream={name}"),
+                },
                 source: stream.source.to_string(),
-                state: stream_state,
                 error,
-                width: stream.video.width,
-                height: stream.video.height,
-                fps: stream.video.fps,
                 viewers: state.webrtc.viewer_count(name),
                 packets_sent,
                 packets_dropped,
-                hls: format!("/hls/{name}/index.m3u8"),
-                whep: format!("/whep/{name}"),
-                ws: format!("/ws/{name}"),
-                player: format!("/?stream={name}"),
             }
         })
         .collect()
 }
 
-pub async fn streams(State(state): State<Arc<AppState>>) -> Json<Vec<StreamInfo>> {
-    Json(streams_info(&state))
+/// Admins get every stream in full; viewers get the streams they may watch, without sources,
+/// errors or counters.
+pub async fn streams(
+    State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
+) -> Result<Response, Denied> {
+    let all = streams_info(&state);
+    if access.admin().is_ok() {
+        return Ok(Json(all).into_response());
+    }
+    let grant = access.grant()?;
+    let visible: Vec<StreamView> =
+        all.into_iter().map(|info| info.view).filter(|view| grant.streams.allows(&view.name)).collect();
+    Ok(Json(visible).into_response())
 }
 
 #[derive(Serialize)]
@@ -71,21 +95,30 @@ pub struct ClientConfig<'a> {
     pub ice_servers: &'a [IceServer],
 }
 
-/// What the player needs to know to connect: the ICE servers.
-pub async fn client_config(State(state): State<Arc<AppState>>) -> Response {
-    Json(ClientConfig { ice_servers: &state.config.webrtc.ice_servers }).into_response()
+/// What the player needs to know to connect: the ICE servers (TURN credentials included: they
+/// are meant for browsers).
+pub async fn client_config(
+    State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
+) -> Result<Response, Denied> {
+    access.grant()?;
+    Ok(Json(ClientConfig { ice_servers: &state.config.webrtc.ice_servers }).into_response())
 }
 
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when every stream is playing; otherwise 503 with each stream's state.
+/// Ready when every stream is playing; otherwise 503 with each stream's state. Open to probes,
+/// so with access control on it leaves out the reasons (admins read them in `/api/streams`).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let streams = streams_info(&state);
-    let ready = streams.iter().all(|s| s.state == StreamState::Playing);
+    let ready = streams.iter().all(|s| s.view.state == StreamState::Playing);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let summary: Vec<_> =
-        streams.iter().map(|s| serde_json::json!({"name": s.name, "state": s.state, "error": s.error})).collect();
+    let open = !state.auth.is_enabled();
+    let summary: Vec<_> = streams
+        .iter()
+        .map(|s| serde_json::json!({"name": s.view.name, "state": s.view.state, "error": s.error.as_ref().filter(|_| open)}))
+        .collect();
     (status, Json(serde_json::json!({ "ready": ready, "streams": summary }))).into_response()
 }

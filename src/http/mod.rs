@@ -3,6 +3,7 @@
 pub mod api;
 pub mod error;
 pub mod hls;
+pub mod identity;
 pub mod tls;
 pub mod web;
 
@@ -10,12 +11,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderName, Method};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::config::Config;
+use crate::auth::Auth;
+use crate::config::{Config, CorsOrigin, TlsMode};
 use crate::media::Media;
 use crate::signalling::{whep, ws, Signalling};
 use crate::webrtc::WebRtc;
@@ -25,33 +29,86 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub media: Arc<Media>,
     pub webrtc: Arc<WebRtc>,
+    pub auth: Arc<Auth>,
+}
+
+/// A client must send its request headers within this time (slow-header attacks).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HSTS lifetime when a real certificate is configured: one year.
+const HSTS: &str = "max-age=31536000";
+
+/// CORS for what WHEP players and hls.js pages on other origins call: the configured origins,
+/// or any. `Authorization` may be sent; cookies are never used.
+fn public_cors(origins: &[CorsOrigin]) -> CorsLayer {
+    let allow = match exact_origins(origins) {
+        Some(list) => AllowOrigin::list(list),
+        None => AllowOrigin::any(),
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("if-match")])
+        .expose_headers([header::LOCATION, header::LINK, HeaderName::from_static("accept-post")])
+}
+
+/// The configured origins as header values; `None` when any origin is allowed.
+fn exact_origins(origins: &[CorsOrigin]) -> Option<Vec<HeaderValue>> {
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| match origin {
+            CorsOrigin::Exactly(origin) => HeaderValue::from_str(origin).ok(),
+            CorsOrigin::Any => None,
+        })
+        .collect();
+    (!list.is_empty()).then_some(list)
 }
 
 pub fn router(state: Arc<AppState>, signalling: Arc<Signalling>) -> Router {
-    // WHEP players and hls.js pages are often served from another origin.
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, HeaderName::from_static("if-match")])
-        .expose_headers([header::LOCATION, header::LINK, HeaderName::from_static("accept-post")]);
+    let origins = &state.config.cors_origins;
     let signalling_routes = Router::new()
         .route("/ws/{stream}", get(ws::upgrade))
-        .route("/whep/{stream}", post(whep::offer).options(whep::options))
+        .route(
+            "/whep/{stream}",
+            post(whep::offer).options(whep::options).layer(DefaultBodyLimit::max(whep::MAX_OFFER_BYTES)),
+        )
         .route(
             "/whep/{stream}/{session}",
             axum::routing::delete(whep::delete).patch(whep::patch).options(whep::options),
         )
         .with_state(signalling);
-    Router::new()
-        .route("/api/streams", get(api::streams))
+    let public = Router::new()
         .route("/api/config", get(api::client_config))
+        .route("/hls/{stream}/{file}", get(hls::file))
+        .with_state(state.clone())
+        .merge(signalling_routes)
+        .layer(public_cors(origins));
+    // The admin answer of /api/streams is never offered to any origin: only to listed ones.
+    let mut streams = Router::new().route("/api/streams", get(api::streams)).with_state(state.clone());
+    if let Some(list) = exact_origins(origins) {
+        streams = streams.layer(CorsLayer::new().allow_origin(list).allow_headers([header::AUTHORIZATION]));
+    }
+    Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/hls/{stream}/{file}", get(hls::file))
         .fallback(get(web::serve))
-        .with_state(state)
-        .merge(signalling_routes)
-        .layer(cors)
+        .with_state(state.clone())
+        .merge(public)
+        .merge(streams)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), identity::identify))
+        .layer(axum::middleware::map_response_with_state(state, security_headers))
+}
+
+/// Headers every answer carries; HSTS only with a real certificate (a self-signed one would
+/// lock browsers out of the host once it is replaced by another self-signed one).
+async fn security_headers(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Tokens travel in player URLs: never hand them to another site.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if matches!(state.config.tls, TlsMode::Files { .. }) {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
+    response
 }
 
 /// Serves `app` on `listener` until `shutdown`, then lets requests in flight finish.
@@ -68,8 +125,12 @@ pub async fn serve(
         stopper.graceful_shutdown(Some(Duration::from_secs(5)));
     });
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let mut server = axum_server::from_tcp(listener);
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     match tls {
-        Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(service).await,
-        None => axum_server::from_tcp(listener).handle(handle).serve(service).await,
+        Some(tls) => {
+            server.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls)).handle(handle).serve(service).await
+        }
+        None => server.handle(handle).serve(service).await,
     }
 }

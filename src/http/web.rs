@@ -6,10 +6,20 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use sha2::{Digest, Sha256};
 
 use super::error::text;
 use super::AppState;
+use crate::auth::Access;
+
+/// The page runs only its own scripts and styles; media comes from the gateway, or from blobs
+/// hls.js makes (Media Source Extensions, its worker).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
+     object-src 'none'; base-uri 'none'; form-action 'none'";
+/// The page itself needs a credential; its scripts and styles are the same for everyone.
+const PAGE: &str = "index.html";
 
 #[derive(rust_embed::RustEmbed)]
 #[folder = "web/"]
@@ -18,11 +28,21 @@ struct Embedded;
 
 /// `GET /` and any other path not routed elsewhere. Files carry an ETag, so a browser that has
 /// them revalidates with a 304 instead of fetching them again.
-pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn serve(
+    State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let path = match uri.path().trim_start_matches('/') {
-        "" => "index.html",
+        "" => PAGE,
         path => path,
     };
+    if path == PAGE {
+        if let Err(denied) = access.grant() {
+            return denied.into_response();
+        }
+    }
     let Some(relative) = safe_relative(path) else {
         return text(StatusCode::BAD_REQUEST, format!("bad path {path:?}"));
     };
@@ -39,10 +59,16 @@ pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri, headers: Header
     let etag = format!("\"{}\"", hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
     let mime = mime_guess::from_path(&relative).first_or_octet_stream();
     let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    let mut response = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        (StatusCode::NOT_MODIFIED, cache).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, mime.as_ref().to_owned())], cache, body).into_response()
+    };
+    if mime == mime_guess::mime::TEXT_HTML {
+        let policy = header::HeaderValue::from_static(CONTENT_SECURITY_POLICY);
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);
     }
-    ([(header::CONTENT_TYPE, mime.as_ref().to_owned())], cache, body).into_response()
+    response
 }
 
 /// A path that stays inside the folder it is joined to.

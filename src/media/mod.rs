@@ -134,7 +134,9 @@ impl MediaStream {
         self.status.lock().expect("status lock").clone()
     }
 
+    /// Reasons come from GStreamer and may quote the source: its passwords are masked.
     fn set_status(&self, state: StreamState, reason: Option<String>) {
+        let reason = reason.map(|reason| crate::redact::Secrets::global().scrub(&reason).into_owned());
         *self.status.lock().expect("status lock") = (state, reason);
     }
 

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
+    /// The viewer's token, when the gateway needs one and the socket's URL carried none; first.
+    Auth { token: String },
     /// The SDP offer (recvonly video); first, and only once.
     Offer { sdp: String },
     /// A trickled ICE candidate; an empty `candidate` means the viewer has no more.

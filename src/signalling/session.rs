@@ -18,13 +18,30 @@ pub enum SessionError {
     SecondOffer,
     #[error("a candidate before the offer; send the offer first")]
     CandidateBeforeOffer,
+    #[error("this gateway needs a token: send {{\"type\":\"auth\",\"token\":…}} first, or open the socket with ?token=…")]
+    AuthFirst,
+    #[error("auth comes before the offer, not after it")]
+    AuthAfterOffer,
     #[error(transparent)]
     Offer(#[from] OfferError),
+}
+
+impl SessionError {
+    /// The WebSocket close code that goes with the error: 1009 for a message too big, else
+    /// 1008 (policy violation).
+    pub fn close_code(&self) -> u16 {
+        match self {
+            SessionError::TooLarge { .. } => 1009,
+            _ => 1008,
+        }
+    }
 }
 
 /// What the transport should do with a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Check this token; call [`Session::authenticated`] if it may watch the stream.
+    Authenticate { token: String },
     /// Answer this checked offer.
     Answer { sdp: String, video: VideoSection },
     /// Hand this remote candidate to the peer.
@@ -41,9 +58,23 @@ pub enum Action {
 #[derive(Debug, Default)]
 pub struct Session {
     offered: bool,
+    needs_auth: bool,
 }
 
 impl Session {
+    /// A session whose first message must be `auth` when `needs_auth`.
+    pub fn new(needs_auth: bool) -> Session {
+        Session { offered: false, needs_auth }
+    }
+
+    pub fn authenticated(&mut self) {
+        self.needs_auth = false;
+    }
+
+    pub fn offered(&self) -> bool {
+        self.offered
+    }
+
     pub fn on_text(&mut self, text: &str) -> Result<Action, SessionError> {
         if text.len() > MAX_MESSAGE_BYTES {
             return Err(SessionError::TooLarge { size: text.len() });
@@ -51,6 +82,9 @@ impl Session {
         let message: ClientMessage =
             serde_json::from_str(text).map_err(|err| SessionError::NotJson(err.to_string()))?;
         match message {
+            ClientMessage::Auth { .. } if self.offered => Err(SessionError::AuthAfterOffer),
+            ClientMessage::Auth { token } => Ok(Action::Authenticate { token }),
+            _ if self.needs_auth => Err(SessionError::AuthFirst),
             ClientMessage::Offer { .. } if self.offered => Err(SessionError::SecondOffer),
             ClientMessage::Offer { sdp } => {
                 let video = check_offer(&sdp)?;
@@ -91,6 +125,21 @@ mod tests {
         let c = r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host","sdpMid":"1","sdpMLineIndex":1}"#;
         assert!(matches!(s.on_text(c), Ok(Action::AddCandidate { sdp_mline_index: Some(1), .. })));
         assert_eq!(s.on_text(r#"{"type":"candidate","candidate":""}"#), Ok(Action::Nothing));
+    }
+
+    #[test]
+    fn auth_comes_first_when_needed() {
+        let mut s = Session::new(true);
+        assert_eq!(s.on_text(&offer_json()), Err(SessionError::AuthFirst));
+        assert_eq!(
+            s.on_text(r#"{"type":"auth","token":"t"}"#),
+            Ok(Action::Authenticate { token: "t".into() })
+        );
+        s.authenticated();
+        assert!(matches!(s.on_text(&offer_json()), Ok(Action::Answer { .. })));
+        assert_eq!(s.on_text(r#"{"type":"auth","token":"t"}"#), Err(SessionError::AuthAfterOffer));
+        assert_eq!(SessionError::TooLarge { size: 1 }.close_code(), 1009);
+        assert_eq!(SessionError::AuthFirst.close_code(), 1008);
     }
 
     #[test]

@@ -3,34 +3,59 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use tokio::sync::mpsc;
 
+use super::limits::ClientIp;
 use super::{sdp, Signalling, SignallingError};
+use crate::auth::Access;
 use crate::config::IceServer;
+use crate::webrtc::Viewer;
 
 pub const SDP_MIME: &str = "application/sdp";
+/// Largest offer accepted; larger bodies get 413. An offer with many candidates is a few KiB.
+pub const MAX_OFFER_BYTES: usize = 64 * 1024;
 
-/// `POST /whep/{stream}`
+/// The offer's content type, if it is `application/sdp`.
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), SignallingError> {
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let content_type = content_type.unwrap_or_default();
+    if content_type.split(';').next().map(str::trim).is_some_and(|mime| mime.eq_ignore_ascii_case(SDP_MIME)) {
+        Ok(())
+    } else {
+        Err(SignallingError::NotSdp(content_type))
+    }
+}
+
+/// `POST /whep/{stream}`. Checks run cheapest first, and no one learns whether a stream exists
+/// without a credential that may watch it.
 pub async fn offer(
     State(signalling): State<Arc<Signalling>>,
     Path(stream): Path<String>,
+    Extension(access): Extension<Access>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, SignallingError> {
+    signalling.limits.request(ip)?;
+    access.viewer_of(&stream)?;
     let feed = signalling.feed(&stream)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some(SDP_MIME) {
-        return Err(SignallingError::NotSdp(content_type.into()));
-    }
-    let offer = String::from_utf8(body.to_vec()).map_err(|_| SignallingError::NotText)?;
+    check_content_type(&headers)?;
+    let offer = std::str::from_utf8(&body).map_err(|_| SignallingError::NotText)?.to_owned();
     sdp::check_offer(&offer)?;
+    let pending = signalling.limits.pending(ip)?;
     // WHEP answers carry every candidate, so trickled ones have no one to go to.
     let (events, _) = mpsc::unbounded_channel();
     let (viewer, answer) = signalling.webrtc.answer(&stream, feed, offer, events).await?;
+    let settling = viewer.clone();
+    tokio::spawn(async move {
+        settling.settled().await;
+        drop(pending);
+    });
     let location = format!("/whep/{stream}/{}", viewer.id);
     let mut response = (
         StatusCode::CREATED,
@@ -38,7 +63,7 @@ pub async fn offer(
             (header::CONTENT_TYPE, HeaderValue::from_static(SDP_MIME)),
             (header::LOCATION, HeaderValue::from_str(&location).expect("ids are header-safe")),
         ],
-        answer,
+        answer_body(answer, viewer),
     )
         .into_response();
     for link in ice_server_links(&signalling.ice_servers) {
@@ -47,6 +72,24 @@ pub async fn offer(
         }
     }
     Ok(response)
+}
+
+/// The answer, then (once the server has taken it all) the offer's candidates go to the peer:
+/// no STUN is sent for a client that never reads its answer.
+fn answer_body(answer: String, viewer: Arc<Viewer>) -> Body {
+    let chunks = futures_util::stream::unfold(Some(answer), move |answer| {
+        let viewer = viewer.clone();
+        async move {
+            match answer {
+                Some(answer) => Some((Ok::<_, std::convert::Infallible>(Bytes::from(answer)), None)),
+                None => {
+                    viewer.answer_sent().await;
+                    None
+                }
+            }
+        }
+    });
+    Body::from_stream(chunks)
 }
 
 /// WHEP announces ICE servers as `Link: <url>; rel="ice-server"` headers (RFC 8288 attributes
@@ -75,7 +118,11 @@ pub fn ice_server_links(servers: &[IceServer]) -> Vec<String> {
 pub async fn delete(
     State(signalling): State<Arc<Signalling>>,
     Path((stream, session)): Path<(String, String)>,
+    Extension(access): Extension<Access>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
 ) -> Result<StatusCode, SignallingError> {
+    signalling.limits.request(ip)?;
+    access.viewer_of(&stream)?;
     match signalling.webrtc.viewer(&session).filter(|v| v.stream == stream) {
         Some(viewer) => {
             viewer.close();

@@ -1,6 +1,7 @@
 //! WebRTC peers and fan-out, on webrtc-rs. Knows only the RTP packets it is handed: each viewer
 //! is one peer connection with one H.264 track of its own, fed from a shared broadcast channel.
 
+pub mod candidates;
 pub mod forward;
 pub mod h264;
 pub mod keyframe_requests;
@@ -34,6 +35,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::config::WebRtcSettings;
+use candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
 use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
 
@@ -158,6 +160,14 @@ impl ViewerStats {
     }
 }
 
+/// The remote candidates of one session: how many it gave, and those of its offer, held back
+/// until the answer is out.
+struct RemoteCandidates {
+    policy: CandidatePolicy,
+    given: usize,
+    held: Option<Vec<String>>,
+}
+
 /// One connected (or connecting) viewer.
 pub struct Viewer {
     pub id: String,
@@ -165,17 +175,55 @@ pub struct Viewer {
     pub stats: ViewerStats,
     peer: Arc<dyn PeerConnection>,
     closed: CancellationToken,
+    /// Cancelled once the viewer is connected, or gone without ever connecting.
+    settled: CancellationToken,
+    remote: Mutex<RemoteCandidates>,
     _slot: ViewerSlot,
     _port: PortLease,
 }
 
 impl Viewer {
+    /// Gives the peer a trickled candidate, if the session's budget and the address allow.
     pub async fn add_remote_candidate(&self, candidate: RTCIceCandidateInit) -> Result<(), WebRtcError> {
+        if !self.admit_candidate(&candidate.candidate) {
+            return Ok(());
+        }
         let text = candidate.candidate.clone();
         self.peer
             .add_ice_candidate(candidate)
             .await
             .map_err(|err| WebRtcError::Candidate { candidate: text, reason: err.to_string() })
+    }
+
+    fn admit_candidate(&self, candidate: &str) -> bool {
+        let mut remote = self.remote.lock().expect("candidates lock");
+        remote.given += 1;
+        if remote.given > MAX_REMOTE_CANDIDATES {
+            tracing::debug!(viewer = %self.id, candidate, "remote candidate ignored: over {MAX_REMOTE_CANDIDATES} in this session");
+            return false;
+        }
+        if let Some(reason) = remote.policy.refuses(candidate) {
+            tracing::debug!(viewer = %self.id, candidate, %reason, "remote candidate ignored");
+            return false;
+        }
+        true
+    }
+
+    /// The answer has been sent: the offer's own candidates may now be checked. Until then the
+    /// gateway sends no STUN anywhere on the session's behalf.
+    pub async fn answer_sent(&self) {
+        let held = self.remote.lock().expect("candidates lock").held.take().unwrap_or_default();
+        for candidate in held {
+            let init = RTCIceCandidateInit { candidate, ..Default::default() };
+            if let Err(err) = self.add_remote_candidate(init).await {
+                tracing::debug!(viewer = %self.id, error = %err, "offer candidate refused by the peer");
+            }
+        }
+    }
+
+    /// Completes when the viewer is connected or gone.
+    pub async fn settled(&self) {
+        self.settled.cancelled().await;
     }
 
     /// Ends the session; the viewer's task closes the peer and frees its slot and port.
@@ -234,12 +282,14 @@ impl PeerConnectionEventHandler for Handler {
 const BIND_ATTEMPTS: usize = 8;
 /// Packets kept per viewer for retransmission (a power of two).
 const NACK_HISTORY: u16 = 256;
-/// A viewer gone silent this long is disconnected, and failed (and removed) after the next.
-const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
-const ICE_FAILED_AFTER: Duration = Duration::from_secs(10);
+/// A viewer gone silent this long is disconnected, and failed (and removed) after the next:
+/// a vanished viewer (closed tab, killed process) is released within about 11 s, consent
+/// freshness in the spirit of RFC 7675, while a few seconds of network trouble are survived.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(3);
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(6);
 const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
-/// How long a viewer may take from answer to connected before it is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a viewer may take from answer to connected before its port and slot are released.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the answer waits for candidates to be gathered (host candidates take microseconds).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -356,15 +406,12 @@ impl WebRtc {
         });
 
         let (peer, port) = self.bind_peer(handler).await?;
-
-        let result = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await;
-        let (track, answer) = match result {
-            Ok(ok) => ok,
-            Err(err) => {
-                let _ = peer.close().await;
-                return Err(err);
-            }
-        };
+        // Closes the peer on every way out, including this future being dropped because the
+        // client hung up mid-answer: an unclosed peer keeps its UDP socket bound.
+        let guard = PeerGuard(Some(peer.clone()));
+        let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
+        let (track, answer) = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await?;
+        guard.disarm();
 
         let viewer = Arc::new(Viewer {
             id: uuid::Uuid::new_v4().to_string(),
@@ -375,6 +422,12 @@ impl WebRtc {
             },
             peer: peer.clone(),
             closed: self.shutdown.child_token(),
+            settled: CancellationToken::new(),
+            remote: Mutex::new(RemoteCandidates {
+                policy: CandidatePolicy::from_local_sdp(&answer),
+                given: 0,
+                held: Some(offer_candidates),
+            }),
             _slot: slot,
             _port: port,
         });
@@ -427,6 +480,25 @@ impl WebRtc {
     }
 }
 
+/// Closes a peer when dropped, unless disarmed once the peer has an owner.
+struct PeerGuard(Option<Arc<dyn PeerConnection>>);
+
+impl PeerGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        if let Some(peer) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = peer.close().await;
+            });
+        }
+    }
+}
+
 fn rand_u32() -> u32 {
     let bytes = *uuid::Uuid::new_v4().as_bytes();
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
@@ -475,6 +547,10 @@ async fn serve_viewer(
         }
         _ = viewer.closed.cancelled() => false,
     };
+    if !connected {
+        tracing::info!(viewer = %viewer.id, stream = %viewer.stream, "viewer never connected; released");
+    }
+    viewer.settled.cancel();
     if connected {
         let after_answer_ms = answered.elapsed().as_millis() as u64;
         tracing::info!(viewer = %viewer.id, stream = %viewer.stream, after_answer_ms, "viewer connected");
