@@ -484,10 +484,9 @@ impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        s.parse::<ipnet::IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-            .map(Cidr)
-            .map_err(|_| format!("{s:?} is not an address block; accepted: CIDR like 10.0.0.0/8 or fd00::/8, or one address"))
+        s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from)).map(Cidr).map_err(|_| {
+            format!("{s:?} is not an address block; accepted: CIDR like 10.0.0.0/8 or fd00::/8, or one address")
+        })
     }
 }
 
@@ -512,9 +511,7 @@ impl FromStr for CorsOrigin {
             return Ok(CorsOrigin::Any);
         }
         let valid = s.split_once("://").is_some_and(|(scheme, host)| {
-            matches!(scheme, "http" | "https")
-                && !host.is_empty()
-                && !host.contains(['/', '?', '#', '@', ' '])
+            matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains(['/', '?', '#', '@', ' '])
         });
         if valid {
             Ok(CorsOrigin::Exactly(s.to_ascii_lowercase()))
@@ -746,8 +743,7 @@ impl Config {
             return Err(invalid("signalling_rate", 0, "at least 1 request per second"));
         }
         let cors_origins = s.cors_origin.unwrap_or_default();
-        let cors_origins =
-            if cors_origins.contains(&CorsOrigin::Any) { Vec::new() } else { cors_origins };
+        let cors_origins = if cors_origins.contains(&CorsOrigin::Any) { Vec::new() } else { cors_origins };
 
         Ok(Config {
             listen: s.listen.unwrap_or(DEFAULT_LISTEN),

@@ -199,7 +199,8 @@ impl Jwks {
             last_fetch: Arc::new(tokio::sync::Mutex::new(None)),
         };
         jwks.refetch(Duration::ZERO).await;
-        let refresher = Jwks { source: jwks.source.clone(), keys: jwks.keys.clone(), last_fetch: jwks.last_fetch.clone() };
+        let refresher =
+            Jwks { source: jwks.source.clone(), keys: jwks.keys.clone(), last_fetch: jwks.last_fetch.clone() };
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -290,13 +291,17 @@ mod tests {
         let (jwt, _dir) = verifier(secret, Some("livegate")).await;
         let exp = now() + 60;
         let grant = jwt
-            .verify(&hs256(secret, json!({"exp": exp, "aud": "livegate", "sub": "alice", "livegate": {"streams": ["lobby-*"]}})))
+            .verify(&hs256(
+                secret,
+                json!({"exp": exp, "aud": "livegate", "sub": "alice", "livegate": {"streams": ["lobby-*"]}}),
+            ))
             .await
             .unwrap();
         assert_eq!(grant.role, Role::Viewer);
         assert!(grant.streams.allows("lobby-1") && !grant.streams.allows("yard"));
         assert_eq!(grant.holder, "jwt:alice");
-        let admin = jwt.verify(&hs256(secret, json!({"exp": exp, "aud": "livegate", "livegate": {"role": "admin"}}))).await;
+        let admin =
+            jwt.verify(&hs256(secret, json!({"exp": exp, "aud": "livegate", "livegate": {"role": "admin"}}))).await;
         assert_eq!(admin.unwrap().role, Role::Admin);
 
         let within_leeway = hs256(secret, json!({"exp": now() - 10, "nbf": now() + 10, "aud": "livegate"}));
@@ -306,7 +311,11 @@ mod tests {
             ("not yet valid", hs256(secret, json!({"exp": exp, "nbf": now() + 120, "aud": "livegate"})), "Immature"),
             ("wrong audience", hs256(secret, json!({"exp": exp, "aud": "other"})), "Audience"),
             ("no exp", hs256(secret, json!({"aud": "livegate"})), "exp"),
-            ("wrong signature", hs256("another-secret-of-32-bytes-long!", json!({"exp": exp, "aud": "livegate"})), "Signature"),
+            (
+                "wrong signature",
+                hs256("another-secret-of-32-bytes-long!", json!({"exp": exp, "aud": "livegate"})),
+                "Signature",
+            ),
             ("not a jwt", "a.b.c".to_owned(), "not a JWT"),
         ];
         for (what, token, reason) in refused {
@@ -316,8 +325,9 @@ mod tests {
                 Err(other) => panic!("{what}: {other:?}"),
             }
         }
-        let rs = encode(&Header::new(Algorithm::HS384), &json!({"exp": exp}), &EncodingKey::from_secret(secret.as_bytes()))
-            .unwrap();
+        let rs =
+            encode(&Header::new(Algorithm::HS384), &json!({"exp": exp}), &EncodingKey::from_secret(secret.as_bytes()))
+                .unwrap();
         let err = jwt.verify(&rs).await.unwrap_err().to_string();
         assert!(err.contains("HS384") && err.contains("accepted"), "{err}");
     }

@@ -64,9 +64,7 @@ impl TokenSet {
             }
         }
         let mut files = Vec::new();
-        for (path, role) in
-            [(&settings.viewer_token_file, Role::Viewer), (&settings.admin_token_file, Role::Admin)]
-        {
+        for (path, role) in [(&settings.viewer_token_file, Role::Viewer), (&settings.admin_token_file, Role::Admin)] {
             let Some(path) = path else { continue };
             files.push(watch_file(path.clone(), role, shutdown.clone())?);
         }

@@ -25,7 +25,9 @@ pub fn spawn(path: PathBuf, first: Vec<u8>, shutdown: CancellationToken, apply: 
                     applied = current;
                 }
                 Ok(_) => {}
-                Err(err) => tracing::debug!(path = %path.display(), error = %err, "watched file unreadable; keeping the last content"),
+                Err(err) => {
+                    tracing::debug!(path = %path.display(), error = %err, "watched file unreadable; keeping the last content")
+                }
             }
         }
     });

@@ -57,9 +57,13 @@ pub fn request_token(headers: &HeaderMap, uri: &Uri) -> Result<Option<String>, D
     Ok(query_token(uri))
 }
 
+/// The `token` query parameter, percent-decoded. A `+` stays a `+` (not a space, as form
+/// decoding would make it): tokens are often base64, and links are pasted unencoded.
 pub fn query_token(uri: &Uri) -> Option<String> {
-    let query = uri.query()?;
-    form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == TOKEN_PARAMETER).map(|(_, value)| value.into_owned())
+    uri.query()?.split('&').find_map(|pair| {
+        let value = pair.strip_prefix(TOKEN_PARAMETER)?.strip_prefix('=')?;
+        Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned())
+    })
 }
 
 /// Middleware: works out [`ClientIp`] and [`Access`] for the handlers.
@@ -108,6 +112,8 @@ mod tests {
     fn tokens_from_header_or_query() {
         let uri: Uri = "/hls/live/index.m3u8?x=1&token=a%2Bb".parse().unwrap();
         assert_eq!(request_token(&HeaderMap::new(), &uri).unwrap().as_deref(), Some("a+b"));
+        let pasted: Uri = "/?tokens=x&token=ab+c/d==".parse().unwrap();
+        assert_eq!(query_token(&pasted).as_deref(), Some("ab+c/d=="), "base64 pasted as is");
         let bearer = headers(&[("authorization", "Bearer  abc ")]);
         assert_eq!(request_token(&bearer, &uri).unwrap().as_deref(), Some("abc"), "the header wins");
         let basic = headers(&[("authorization", "Basic abc")]);

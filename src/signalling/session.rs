@@ -18,7 +18,9 @@ pub enum SessionError {
     SecondOffer,
     #[error("a candidate before the offer; send the offer first")]
     CandidateBeforeOffer,
-    #[error("this gateway needs a token: send {{\"type\":\"auth\",\"token\":…}} first, or open the socket with ?token=…")]
+    #[error(
+        "this gateway needs a token: send {{\"type\":\"auth\",\"token\":…}} first, or open the socket with ?token=…"
+    )]
     AuthFirst,
     #[error("auth comes before the offer, not after it")]
     AuthAfterOffer,
@@ -131,10 +133,7 @@ mod tests {
     fn auth_comes_first_when_needed() {
         let mut s = Session::new(true);
         assert_eq!(s.on_text(&offer_json()), Err(SessionError::AuthFirst));
-        assert_eq!(
-            s.on_text(r#"{"type":"auth","token":"t"}"#),
-            Ok(Action::Authenticate { token: "t".into() })
-        );
+        assert_eq!(s.on_text(r#"{"type":"auth","token":"t"}"#), Ok(Action::Authenticate { token: "t".into() }));
         s.authenticated();
         assert!(matches!(s.on_text(&offer_json()), Ok(Action::Answer { .. })));
         assert_eq!(s.on_text(r#"{"type":"auth","token":"t"}"#), Err(SessionError::AuthAfterOffer));

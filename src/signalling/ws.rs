@@ -268,7 +268,8 @@ mod tests {
             max_viewers: 1,
         };
         let webrtc = Arc::new(WebRtc::new(settings, CancellationToken::new()).unwrap());
-        let limits = crate::config::ClientLimits { max_pending_per_ip: 1, signalling_rate: 10, trusted_proxies: vec![] };
+        let limits =
+            crate::config::ClientLimits { max_pending_per_ip: 1, signalling_rate: 10, trusted_proxies: vec![] };
         Arc::new(Signalling {
             webrtc,
             feeds,

@@ -105,8 +105,9 @@ mod tests {
         ] {
             assert!(policy.refuses(refused).is_some(), "{refused} must be refused");
         }
-        let with_loopback =
-            CandidatePolicy::from_local_sdp("a=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=candidate:1 1 udp 1 ::1 5 typ host\r\n");
+        let with_loopback = CandidatePolicy::from_local_sdp(
+            "a=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=candidate:1 1 udp 1 ::1 5 typ host\r\n",
+        );
         assert_eq!(with_loopback.refuses("candidate:2 1 udp 1 127.0.0.1 40000 typ host"), None);
         assert_eq!(with_loopback.refuses("a=candidate:2 1 udp 1 ::1 40000 typ host"), None);
     }

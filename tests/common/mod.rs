@@ -37,6 +37,7 @@ pub struct Gateway {
     pub base: String,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub state_dir: tempfile::TempDir,
+    admin_token: Option<String>,
 }
 
 impl Gateway {
@@ -46,7 +47,16 @@ impl Gateway {
         Self::start_in(args, state_dir, &port_range(20))
     }
 
+    /// Starts the gateway with `RUST_LOG` set to `log` (the default keeps webrtc-rs quiet).
+    pub fn start_logging(args: &[&str], log: &str) -> Gateway {
+        Self::start_with(args, tempfile::tempdir().unwrap(), &port_range(20), log)
+    }
+
     pub fn start_in(args: &[&str], state_dir: tempfile::TempDir, ports: &str) -> Gateway {
+        Self::start_with(args, state_dir, ports, "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn")
+    }
+
+    fn start_with(args: &[&str], state_dir: tempfile::TempDir, ports: &str, log: &str) -> Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_livegate"));
         command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--webrtc-bind", &media_ip()])
@@ -54,7 +64,7 @@ impl Gateway {
             .arg("--state-dir")
             .arg(state_dir.path())
             .args(args)
-            .env("RUST_LOG", "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start livegate");
@@ -77,7 +87,7 @@ impl Gateway {
             Err(_) => panic!("gateway did not start; log:\n{}", logs.lock().unwrap().join("\n")),
         };
         let scheme = if args.contains(&"--no-tls") { "http" } else { "https" };
-        Gateway { child, addr, base: format!("{scheme}://{addr}"), logs, state_dir }
+        Gateway { child, addr, base: format!("{scheme}://{addr}"), logs, state_dir, admin_token: None }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -89,7 +99,17 @@ impl Gateway {
     }
 
     pub async fn streams(&self) -> Vec<Value> {
-        client().get(self.url("/api/streams")).send().await.unwrap().json().await.unwrap()
+        let mut request = client().get(self.url("/api/streams"));
+        if let Some(token) = &self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Reads `/api/streams` (the waits below use it) with this admin token from now on.
+    pub fn with_admin_token(mut self, token: &str) -> Gateway {
+        self.admin_token = Some(token.to_owned());
+        self
     }
 
     pub async fn stream(&self, name: &str) -> Value {
@@ -127,6 +147,10 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, as Kubernetes does; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), "TERM");
@@ -156,8 +180,12 @@ impl Drop for Gateway {
 
 /// An HTTPS client that accepts the gateway's self-signed certificate.
 pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
+pub fn client_builder() -> reqwest::ClientBuilder {
     install_crypto();
-    reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(20))
 }
 
 pub fn install_crypto() {

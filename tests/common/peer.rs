@@ -126,14 +126,20 @@ impl Viewer {
 
     /// Signals over WHEP; returns the session's Location.
     pub async fn connect_whep(&self, gateway_url: &str, stream: &str) -> String {
+        self.connect_whep_with(gateway_url, stream, None).await
+    }
+
+    /// Signals over WHEP with a bearer token; returns the session's Location.
+    pub async fn connect_whep_with(&self, gateway_url: &str, stream: &str, token: Option<&str>) -> String {
         let offer = self.offer();
-        let response = super::client()
+        let mut request = super::client()
             .post(format!("{gateway_url}/whep/{stream}"))
             .header("content-type", "application/sdp")
-            .body(offer)
-            .send()
-            .await
-            .unwrap();
+            .body(offer);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 201, "WHEP POST: {:?}", response.text().await);
         assert_eq!(response.headers()["content-type"], "application/sdp");
         let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -145,7 +151,15 @@ impl Viewer {
     /// Signals over the WebSocket, all local candidates in the offer; keeps the socket open
     /// (and adds the gateway's trickled candidates) until the returned task is dropped.
     pub async fn connect_ws(self: &Arc<Self>, ws_url: &str) -> tokio::task::JoinHandle<()> {
+        self.connect_ws_with(ws_url, None).await
+    }
+
+    /// As `connect_ws`, first sending `{"type":"auth","token":…}` when given a token.
+    pub async fn connect_ws_with(self: &Arc<Self>, ws_url: &str, token: Option<&str>) -> tokio::task::JoinHandle<()> {
         let mut socket = ws_connect(ws_url).await;
+        if let Some(token) = token {
+            socket.send(Message::Text(json!({"type": "auth", "token": token}).to_string().into())).await.unwrap();
+        }
         socket.send(Message::Text(json!({"type": "offer", "sdp": self.offer()}).to_string().into())).await.unwrap();
         let answer = next_json(&mut socket).await.expect("an answer");
         assert_eq!(answer["type"], "answer", "{answer}");
@@ -201,11 +215,22 @@ pub async fn ws_connect(url: &str) -> WsStream {
 
 /// The next JSON text message, or `None` when the socket closes.
 pub async fn next_json(socket: &mut WsStream) -> Option<Value> {
+    match next_message(socket).await {
+        Some(Ok(value)) => Some(value),
+        _ => None,
+    }
+}
+
+/// The next JSON text message, or the close code (0 without one) when the socket closes.
+pub async fn next_message(socket: &mut WsStream) -> Option<Result<Value, u16>> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.ok()?? {
-            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("the gateway sends JSON")),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.ok()? {
+            Some(Ok(Message::Text(text))) => {
+                return Some(Ok(serde_json::from_str(&text).expect("the gateway sends JSON")))
+            }
+            Some(Ok(Message::Close(frame))) => return Some(Err(frame.map_or(0, |f| u16::from(f.code)))),
+            Some(Err(_)) | None => return None,
+            Some(Ok(_)) => continue,
         }
     }
 }
