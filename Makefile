@@ -6,7 +6,7 @@ ARGS ?=
 RELEASE := --release
 BIN := target/release/livegate
 
-.PHONY: run build test test-unit test-integration test-web test-k8s test-e2e bench bench-quick deps deps-test fmt
+.PHONY: run build test test-unit test-integration test-web test-k8s test-e2e fuzz bench bench-quick deps deps-test fmt
 
 run: deps
 	$(CARGO) run $(RELEASE) -- $(ARGS)
@@ -41,6 +41,11 @@ test-k8s:
 test-e2e:
 	$(CARGO) build $(RELEASE) --bin livegate
 	LIVEGATE_BIN=$(BIN) tests/e2e/run.sh
+
+# The fuzz targets of tests/fuzz.rs (make test runs 100 000 inputs each) with many more inputs.
+FUZZ_CASES ?= 2000000
+fuzz:
+	LIVEGATE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test $(RELEASE) --test fuzz
 
 # Benchmarks (docs/BENCHMARKS.md): `make bench` (full, rewrites docs/BENCHMARKS.md) or `make bench QUICK=1`.
 QUICK ?=

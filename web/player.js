@@ -36,6 +36,13 @@ const lg = (window.livegate = {
 
 const params = new URLSearchParams(location.search);
 const requestedMode = ['auto', 'webrtc', 'hls'].includes(params.get('mode')) ? params.get('mode') : 'auto';
+// A protected gateway's link carries ?token=…; every request the player makes passes it on.
+const accessToken = params.get('token');
+
+// The gateway refused the credential (HTTP 401/403, or a signalling error saying so):
+// retrying cannot help, so the player says so and stops.
+class AccessDenied extends Error {}
+const DENIED_PREFIX = 'access denied';
 
 let session = null;  // the one active playback attempt
 let sessionSeq = 0;
@@ -128,6 +135,14 @@ function fail(s, reason) {
   scheduleRetry(reason);
 }
 
+function denyAccess(reason) {
+  endSession();
+  clearTimeout(retryTimer);
+  setMode(null);
+  console.info(`[livegate] ${reason}`);
+  setState(reason.startsWith(DENIED_PREFIX) ? reason : `${DENIED_PREFIX}: ${reason}`, 'denied');
+}
+
 function scheduleRetry(reason) {
   endSession();
   if (stopped) return;
@@ -147,9 +162,17 @@ function restart(why) {
 }
 
 async function fetchJson(path) {
-  const res = await fetch(path, { cache: 'no-store' });
+  const headers = accessToken ? { Authorization: `Bearer ${accessToken}` } : {};
+  const res = await fetch(path, { cache: 'no-store', headers });
+  if (res.status === 401 || res.status === 403) throw new AccessDenied((await res.text()).trim());
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
   return res.json();
+}
+
+/** `path` with the page's token added, for URLs that cannot carry a header (HLS). */
+function withToken(path) {
+  if (!accessToken) return path;
+  return `${path}${path.includes('?') ? '&' : '?'}token=${encodeURIComponent(accessToken)}`;
 }
 
 // One attempt: refresh the stream list, pick a stream, start a transport.
@@ -169,7 +192,9 @@ async function run() {
   try {
     streams = await fetchJson('/api/streams');
   } catch (e) {
-    if (token === runSeq) scheduleRetry(`stream list: ${e.message}`);
+    if (token !== runSeq) return;
+    if (e instanceof AccessDenied) denyAccess(e.message);
+    else scheduleRetry(`stream list: ${e.message}`);
     return;
   }
   if (stopped || token !== runSeq || session) return;
@@ -303,7 +328,9 @@ async function startWebRtc(info, iceConfig) {
       if (!msg.candidate) return; // server's end-of-candidates marker
       if (pc.remoteDescription) addRemoteCandidate(msg); else remoteCandidates.push(msg);
     } else if (msg.type === 'error') {
-      fail(s, `server: ${msg.message || 'error'}`);
+      const message = msg.message || 'error';
+      if (message.startsWith(DENIED_PREFIX)) denyAccess(message);
+      else fail(s, `server: ${message}`);
     } else {
       console.debug('[livegate] ignoring signalling message', msg.type);
     }
@@ -323,6 +350,8 @@ async function startWebRtc(info, iceConfig) {
     await pc.setLocalDescription(offer);
     await opened;
     if (!alive(s)) return;
+    // The token goes in the first message rather than the URL, which proxies may log.
+    if (accessToken) send({ type: 'auth', token: accessToken });
     send({ type: 'offer', sdp: offer.sdp });
     offerSent = true;
     localCandidates.splice(0).forEach(send);
@@ -360,7 +389,8 @@ async function startHls(info, why) {
   }
   setState('connecting');
   startWatchdog(s, HLS_FIRST_FRAME_MS);
-  const url = info.hls || `/hls/${encodeURIComponent(info.name)}/index.m3u8`;
+  // The playlist hands the token on to its segments, for hls.js and native HLS alike.
+  const url = withToken(info.hls || `/hls/${encodeURIComponent(info.name)}/index.m3u8`);
 
   const Hls = await loadHlsJs().catch((e) => { console.info('[livegate]', e.message); return null; });
   if (!alive(s)) return;
@@ -400,7 +430,9 @@ async function startHls(info, why) {
   s.cleanups.push(() => { hls.destroy(); resetVideo(); });
   hls.on(Hls.Events.ERROR, (_evt, data) => {
     if (!alive(s)) return;
-    if (data.fatal) fail(s, `hls.js ${data.type}: ${data.details}`);
+    const status = data.response && data.response.code;
+    if (status === 401 || status === 403) denyAccess(`HLS answered ${status}`);
+    else if (data.fatal) fail(s, `hls.js ${data.type}: ${data.details}`);
     else console.debug('[livegate] hls.js', data.details);
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => playVideo(s));

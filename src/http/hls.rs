@@ -44,7 +44,9 @@ pub fn classify(file: &str) -> Result<HlsFile, BadFile> {
         Some("ts") => HlsFile::Segment,
         _ => return Err(BadFile::NotHls(file.to_owned())),
     };
-    if super::web::safe_relative(file).is_none_or(|p| p.components().count() != 1) {
+    // What hlssink2 writes: letters, digits, `-`, `_`, `.`, and no leading dot.
+    let plain = file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain || file.starts_with('.') {
         return Err(BadFile::BadName(file.to_owned()));
     }
     Ok(kind)
@@ -124,6 +126,8 @@ mod tests {
         assert_eq!(classify("index.m3u8"), Ok(HlsFile::Playlist));
         assert_eq!(classify("segment-1-00001.ts"), Ok(HlsFile::Segment));
         assert!(matches!(classify("../x.ts"), Err(BadFile::BadName(_))));
+        assert!(matches!(classify("..ts"), Err(BadFile::BadName(_))));
+        assert!(matches!(classify("a\\b.ts"), Err(BadFile::BadName(_))));
         assert!(matches!(classify("index.html"), Err(BadFile::NotHls(_))));
     }
 }

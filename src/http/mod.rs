@@ -63,9 +63,10 @@ fn exact_origins(origins: &[CorsOrigin]) -> Option<Vec<HeaderValue>> {
     (!list.is_empty()).then_some(list)
 }
 
-pub fn router(state: Arc<AppState>, signalling: Arc<Signalling>) -> Router {
-    let origins = &state.config.cors_origins;
-    let signalling_routes = Router::new()
+/// The WebSocket and WHEP routes. Their handlers expect [`crate::auth::Access`] and
+/// [`crate::signalling::limits::ClientIp`] in the request extensions (see [`identity::identify`]).
+pub fn signalling_routes(signalling: Arc<Signalling>) -> Router {
+    Router::new()
         .route("/ws/{stream}", get(ws::upgrade))
         .route(
             "/whep/{stream}",
@@ -75,12 +76,16 @@ pub fn router(state: Arc<AppState>, signalling: Arc<Signalling>) -> Router {
             "/whep/{stream}/{session}",
             axum::routing::delete(whep::delete).patch(whep::patch).options(whep::options),
         )
-        .with_state(signalling);
+        .with_state(signalling)
+}
+
+pub fn router(state: Arc<AppState>, signalling: Arc<Signalling>) -> Router {
+    let origins = &state.config.cors_origins;
     let public = Router::new()
         .route("/api/config", get(api::client_config))
         .route("/hls/{stream}/{file}", get(hls::file))
         .with_state(state.clone())
-        .merge(signalling_routes)
+        .merge(signalling_routes(signalling))
         .layer(public_cors(origins));
     // The admin answer of /api/streams is never offered to any origin: only to listed ones.
     let mut streams = Router::new().route("/api/streams", get(api::streams)).with_state(state.clone());

@@ -18,7 +18,7 @@ use crate::auth::Access;
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
      object-src 'none'; base-uri 'none'; form-action 'none'";
-/// The page itself needs a credential; its scripts and styles are the same for everyone.
+/// The page needs a credential; its scripts and styles are the same for everyone.
 const PAGE: &str = "index.html";
 
 #[derive(rust_embed::RustEmbed)]
@@ -38,11 +38,9 @@ pub async fn serve(
         "" => PAGE,
         path => path,
     };
-    if path == PAGE {
-        if let Err(denied) = access.grant() {
-            return denied.into_response();
-        }
-    }
+    // The page answers 401/403 without a valid credential, with the player itself as the body:
+    // it asks the API, is refused, and tells the person why.
+    let denied = if path == PAGE { access.grant().err() } else { None };
     let Some(relative) = safe_relative(path) else {
         return text(StatusCode::BAD_REQUEST, format!("bad path {path:?}"));
     };
@@ -59,11 +57,19 @@ pub async fn serve(
     let etag = format!("\"{}\"", hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
     let mime = mime_guess::from_path(&relative).first_or_octet_stream();
     let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
-    let mut response = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    let fresh = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str());
+    let mut response = if fresh && denied.is_none() {
         (StatusCode::NOT_MODIFIED, cache).into_response()
     } else {
         ([(header::CONTENT_TYPE, mime.as_ref().to_owned())], cache, body).into_response()
     };
+    if let Some(denied) = denied {
+        let refusal = denied.into_response();
+        *response.status_mut() = refusal.status();
+        if let Some(challenge) = refusal.headers().get(header::WWW_AUTHENTICATE) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
+    }
     if mime == mime_guess::mime::TEXT_HTML {
         let policy = header::HeaderValue::from_static(CONTENT_SECURITY_POLICY);
         response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);

@@ -50,7 +50,7 @@ pub enum SignallingError {
     Offer(#[from] sdp::OfferError),
     #[error(transparent)]
     WebRtc(#[from] WebRtcError),
-    #[error(transparent)]
+    #[error("access denied: {0}")]
     Denied(#[from] Denied),
     #[error(transparent)]
     Limited(#[from] Limited),

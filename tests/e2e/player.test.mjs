@@ -270,3 +270,60 @@ test('6. many tabs: five pages play over WebRTC, /api/streams counts 5 viewers, 
     await gw.stop();
   }
 });
+
+test('8. access control: the ?token= link plays over WebRTC and HLS; no or a bad token shows "access denied" and stops', async () => {
+  const viewer = 'e2e-viewer-token+/=';
+  const admin = 'e2e-admin-token';
+  const gw = await gateway({
+    name: 'tokens',
+    extraArgs: ['--viewer-token', viewer, '--admin-token', admin, '--width', '640', '--height', '360'],
+    apiToken: admin,
+  }).start();
+  const link = `${gw.origin}/?token=${encodeURIComponent(viewer)}`;
+  try {
+    for (const [mode, expect] of [['webrtc', 'WebRTC'], ['hls', 'HLS']]) {
+      const { context, report } = await newContext(browser, gw.origin);
+      try {
+        const page = await context.newPage();
+        const requests = [];
+        page.on('request', (r) => requests.push(r.url()));
+        const t0 = Date.now();
+        await page.goto(`${link}&mode=${mode}`);
+        await waitPlaying(page, expect, t0 + (mode === 'hls' ? 15000 : 5000), t0);
+        await assertAdvancing(page, { ms: 1000, width: 640, height: 360 });
+        if (mode === 'hls') {
+          const segments = requests.filter((u) => /\/hls\/.*\.ts/.test(u));
+          assert.ok(segments.length > 0, 'segments fetched');
+          assert.ok(segments.every((u) => u.includes('token=')), `every segment request carries the token: ${segments}`);
+        }
+        await screenshot(page, `8-token-${mode}`);
+        assertClean(report, assert, `token page (${mode})`);
+      } finally {
+        await context.close();
+      }
+    }
+    for (const [what, url] of [['no token', `${gw.origin}/`], ['a bad token', `${gw.origin}/?token=guess`]]) {
+      const { context } = await newContext(browser, gw.origin);
+      try {
+        const page = await context.newPage();
+        let apiCalls = 0;
+        page.on('request', (r) => { if (r.url().includes('/api/streams')) apiCalls++; });
+        const response = await page.goto(url);
+        assert.equal(response.status(), 401, `${what}: the page answers 401`);
+        await page.waitForFunction(() => document.getElementById('state').textContent.startsWith('access denied'),
+          null, { timeout: 5000 });
+        const callsThen = apiCalls;
+        await sleep(3000);
+        const shown = await readPage(page);
+        assert.ok(shown.state.startsWith('access denied'), `${what}: still says access denied (${shown.state})`);
+        assert.equal(apiCalls, callsThen, `${what}: no retry loop`);
+        await screenshot(page, `8-denied-${what.replace(/ /g, '-')}`);
+        log(`${what}: "${shown.state}"`);
+      } finally {
+        await context.close();
+      }
+    }
+  } finally {
+    await gw.stop();
+  }
+});

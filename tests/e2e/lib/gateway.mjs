@@ -38,6 +38,7 @@ let webrtcPortBase = 52000;
  *   webrtcBind  address WebRTC media binds to (default 127.0.0.1)
  *   webrtcPorts 'LOW-HIGH' (default: a fresh range of 40 per gateway)
  *   extraArgs   more flags
+ *   apiToken    bearer token the test's own API calls carry (an admin token, when tokens are on)
  *   logDir      where its log goes (default target/e2e/logs)
  */
 export class Gateway {
@@ -133,7 +134,8 @@ export class Gateway {
   /** GET over HTTPS, trusting the gateway's self-signed certificate (and nothing else). */
   get(pathname) {
     return new Promise((resolve, reject) => {
-      const req = https.get(this.origin + pathname, { ca: this.ca, timeout: 5000 }, (res) => {
+      const headers = this.opts.apiToken ? { Authorization: `Bearer ${this.opts.apiToken}` } : {};
+      const req = https.get(this.origin + pathname, { ca: this.ca, timeout: 5000, headers }, (res) => {
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (d) => { body += d; });
