@@ -46,13 +46,23 @@ async fn playlist(gateway: &Gateway, path: &str) -> String {
 
 /// The HTTP status a WebSocket upgrade is refused with (0 if it was accepted).
 async fn ws_refusal(url: &str) -> u16 {
+    ws_refusal_from(url, None).await
+}
+
+/// As `ws_refusal`, sending an `Origin` as a browser page would.
+async fn ws_refusal_from(url: &str, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     common::install_crypto();
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+    }
     let config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(peer::AcceptAnyCertificate::default()))
         .with_no_client_auth();
     let connector = tokio_tungstenite::Connector::Rustls(Arc::new(config));
-    match tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector)).await {
+    match tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector)).await {
         Ok(_) => 0,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(err) => panic!("WebSocket {url}: {err}"),
@@ -558,4 +568,38 @@ async fn trickled_candidates_are_capped_and_scoped() {
     eprintln!("200 trickled candidates: STUN reached {reached} of them");
     assert!(reached >= 1, "the admitted candidates are checked");
     assert!(reached <= 15, "at most 16 candidates per session (one was the loopback address): {reached}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_follows_the_allowed_origins_and_never_offers_admin_answers_to_any() {
+    let gateway = Gateway::start(&args(&["--cors-origin", "https://dash.example"]));
+    let http = client();
+    let from = |origin: &str, path: &str| http.get(gateway.url(path)).header("origin", origin.to_owned()).send();
+    let allowed = from("https://dash.example", "/api/config").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://dash.example");
+    let other = from("https://evil.example", "/api/config").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let admin = from("https://dash.example", "/api/streams").await.unwrap();
+    assert_eq!(admin.headers()["access-control-allow-origin"], "https://dash.example");
+    assert!(from("https://evil.example", "/api/streams")
+        .await
+        .unwrap()
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    // A page from another origin may not open the WebSocket; the gateway's own page and
+    // non-browser clients may.
+    let refused = ws_refusal_from(&gateway.ws_url("/ws/live"), Some("https://evil.example")).await;
+    assert_eq!(refused, 403);
+    let own = format!("https://{}", gateway.addr);
+    assert_eq!(ws_refusal_from(&gateway.ws_url("/ws/live"), Some(&own)).await, 0);
+    assert_eq!(ws_refusal_from(&gateway.ws_url("/ws/live"), Some("https://dash.example")).await, 0);
+
+    // With the default (any origin), the admin answer still carries no CORS header.
+    let open = Gateway::start(&args(&[]));
+    let response = http.get(open.url("/api/streams")).header("origin", "https://evil.example").send().await.unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none(), "never * for the admin API");
+    let whep = http.get(open.url("/api/config")).header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(whep.headers()["access-control-allow-origin"], "*");
 }
