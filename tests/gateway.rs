@@ -301,15 +301,8 @@ async fn ffmpeg_plays_the_hls_stream() {
         assert!(started.elapsed() < Duration::from_secs(10), "no HLS segment");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let output = tokio::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostats", "-tls_verify", "0", "-i", &playlist, "-t", "2", "-f", "framemd5", "-"])
-        .output()
-        .await
-        .expect("ffmpeg is installed (scripts/install-deps test)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "ffmpeg failed: {stderr}");
+    let (stderr, frames) = common::ffmpeg_frames(&playlist, 2).await;
     assert!(stderr.contains("h264") && stderr.contains("1280x720"), "{stderr}");
-    let frames = String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.starts_with('#')).count();
     assert!(frames >= 50, "ffmpeg decoded {frames} frames in 2 s of a 30 fps stream");
 }
 

@@ -157,14 +157,7 @@ async fn ffmpeg_plays_protected_hls_from_one_link() {
     let gateway = Gateway::start(&args(&["--viewer-token", VIEWER]));
     let url = gateway.url(&format!("/hls/live/index.m3u8?token={VIEWER}"));
     playlist(&gateway, &format!("/hls/live/index.m3u8?token={VIEWER}")).await;
-    let output = tokio::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostats", "-tls_verify", "0", "-i", &url, "-t", "2", "-f", "framemd5", "-"])
-        .output()
-        .await
-        .expect("ffmpeg is installed (scripts/install-deps test)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "ffmpeg failed: {stderr}");
-    let frames = String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.starts_with('#')).count();
+    let (_, frames) = common::ffmpeg_frames(&url, 2).await;
     assert!(frames >= 50, "ffmpeg decoded {frames} frames in 2 s of a 30 fps stream");
 }
 

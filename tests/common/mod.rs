@@ -197,3 +197,17 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_livegate")).args(args).output().unwrap();
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
 }
+
+/// Plays `url` with ffmpeg for `seconds`; returns ffmpeg's log and the frames it decoded.
+pub async fn ffmpeg_frames(url: &str, seconds: u32) -> (String, usize) {
+    let output = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostats", "-tls_verify", "0", "-i", url, "-t", &seconds.to_string()])
+        .args(["-f", "framemd5", "-"])
+        .output()
+        .await
+        .expect("ffmpeg is installed (scripts/install-deps test)");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "ffmpeg failed: {stderr}");
+    let frames = String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.starts_with('#')).count();
+    (stderr, frames)
+}
