@@ -35,6 +35,10 @@ pub fn make(choice: EncoderChoice, video: &VideoSettings) -> Result<gst::Element
             .property_from_str("speed-preset", "superfast")
             .property("bitrate", kbps)
             .property("key-int-max", gop)
+            // x264's scene-cut detection turns a moving picture into several IDR frames a
+            // second (each several times the bits of a P frame): one keyframe per GOP, plus
+            // those viewers ask for.
+            .property("option-string", "scenecut=0")
             .property("bframes", 0u32)
             // Access unit delimiters mean nothing over RTP (RFC 6184) and cost a packet a frame.
             .property("aud", false)

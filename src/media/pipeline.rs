@@ -102,6 +102,10 @@ impl StreamPipeline {
         hls.set_property("target-duration", HLS_SEGMENT_SECONDS);
         hls.set_property("playlist-length", 6u32);
         hls.set_property("max-files", 12u32);
+        // The GOP is one segment long, so every segment already starts at a keyframe. hlssink2's
+        // own requests would add keyframes, and each makes rtph264pay send SPS/PPS as a separate
+        // packet with the marker bit set, which browsers fail to decode and answer with a PLI.
+        hls.set_property("send-keyframe-requests", false);
 
         let rtp_queue = queue("rtp-queue")?;
         let pay = make("rtph264pay", "pay")?;
@@ -159,9 +163,11 @@ impl StreamPipeline {
         self.pipeline.bus().expect("a pipeline has a bus")
     }
 
-    /// Asks the encoder for a keyframe (with SPS/PPS) as soon as it can.
+    /// Asks the encoder for a keyframe as soon as it can. h264parse already puts SPS/PPS in
+    /// front of every IDR; asking for "all headers" too would make rtph264pay send them again as
+    /// a separate marked packet, which browsers cannot decode (and answer with another PLI).
     pub fn request_keyframe(&self) {
-        let event = gst_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder().all_headers(false).build();
         self.encoder.send_event(event);
     }
 }

@@ -327,3 +327,50 @@ test('8. access control: the ?token= link plays over WebRTC and HLS; no or a bad
     await gw.stop();
   }
 });
+
+/** Keeps the page's RTCPeerConnections (window.__pcs) for getStats(). */
+const KEEP_PEER_CONNECTIONS = `(() => {
+  const PC = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = function RTCPeerConnection(...args) { const pc = new PC(...args); window.__pcs.push(pc); return pc; };
+  window.RTCPeerConnection.prototype = PC.prototype;
+})();`;
+
+/** Chromium's counters for the video it received on the page's last PeerConnection. */
+async function inboundVideo(page) {
+  return page.evaluate(async () => {
+    const pc = window.__pcs[window.__pcs.length - 1];
+    for (const r of (await pc.getStats()).values()) {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') {
+        const { keyFramesDecoded, framesDecoded, framesDropped, pliCount, firCount, nackCount, freezeCount, packetsLost } = r;
+        return { keyFramesDecoded, framesDecoded, framesDropped, pliCount, firCount, nackCount, freezeCount, packetsLost };
+      }
+    }
+    return null;
+  });
+}
+
+test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe per GOP (+2), with no PLI storm, drops or freezes', async () => {
+  const seconds = Number(process.env.LIVEGATE_E2E_CLEAN_SECONDS || 30);
+  const gw = await gateway({ name: 'clean-stream' }).start();
+  const { context, report } = await newContext(browser, gw.origin, { initScripts: [KEEP_PEER_CONNECTIONS] });
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${gw.origin}/?mode=webrtc`);
+    await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+    await sleep(seconds * 1000);
+    const stats = await inboundVideo(page);
+    results.cleanStream = { seconds, ...stats };
+    log(`clean stream over ${seconds} s: ${JSON.stringify(stats)}`);
+    const gops = seconds; // GOP = fps frames = 1 s
+    assert.ok(stats.keyFramesDecoded <= gops + 2, `keyframes decoded ${stats.keyFramesDecoded} > ${gops} GOPs + 2`);
+    assert.ok(stats.pliCount <= 2, `pliCount ${stats.pliCount}`);
+    assert.ok(stats.framesDropped <= 2, `framesDropped ${stats.framesDropped}`);
+    assert.equal(stats.freezeCount, 0, 'freezeCount');
+    assertClean(report, assert, 'clean-stream page');
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
