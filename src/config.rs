@@ -23,6 +23,8 @@ pub const DEFAULT_WEBRTC_PORTS: PortRange = PortRange { low: 50000, high: 50099 
 pub const DEFAULT_WEBRTC_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MAX_VIEWERS: usize = 200;
 pub const DEFAULT_MAX_PENDING_PER_IP: usize = 8;
+/// A source that sends no frame for this long is replaced by the slate.
+pub const DEFAULT_SOURCE_TIMEOUT_S: f64 = 2.0;
 pub const DEFAULT_SIGNALLING_RATE: u32 = 10;
 /// Prefix of every environment variable livegate reads.
 pub const ENV_PREFIX: &str = "LIVEGATE_";
@@ -89,6 +91,9 @@ pub struct Settings {
     /// H.264 encoder [default: auto].
     #[arg(long, value_enum)]
     pub encoder: Option<EncoderChoice>,
+    /// Seconds without a frame before the slate replaces a source, 0.5 to 60 [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    pub source_timeout: Option<f64>,
     /// Draw the latency strip on every source, not only the test source.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub latency_strip: Option<bool>,
@@ -184,7 +189,7 @@ macro_rules! layer_fields {
 impl Settings {
     /// `self` wins wherever it has a value.
     fn over(self, lower: Settings) -> Settings {
-        layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder,
+        layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder, source_timeout,
             latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
             webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
             admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
@@ -616,6 +621,7 @@ pub struct Config {
     pub video: VideoSettings,
     pub encoder: EncoderChoice,
     pub latency_strip: bool,
+    pub source_timeout: std::time::Duration,
     pub hls_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub web_dir: Option<PathBuf>,
@@ -686,6 +692,10 @@ impl Config {
         if !(1..=120).contains(&fps) {
             return Err(invalid("fps", fps, "1 to 120 frames per second"));
         }
+        let source_timeout = s.source_timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT_S);
+        if !(0.5..=60.0).contains(&source_timeout) {
+            return Err(invalid("source_timeout", source_timeout, "0.5 to 60 seconds"));
+        }
 
         let tls = match (s.no_tls.unwrap_or(false), s.tls_cert, s.tls_key) {
             (true, None, None) => TlsMode::Off,
@@ -751,6 +761,7 @@ impl Config {
             video: VideoSettings { width, height, fps, bitrate_kbps: s.bitrate.unwrap_or(DEFAULT_BITRATE).kbps },
             encoder: s.encoder.unwrap_or(EncoderChoice::Auto),
             latency_strip: s.latency_strip.unwrap_or(false),
+            source_timeout: std::time::Duration::from_secs_f64(source_timeout),
             hls_dir: s.hls_dir,
             state_dir: s.state_dir.unwrap_or_else(|| default_state_dir(&env)),
             web_dir: s.web_dir,
@@ -796,7 +807,13 @@ impl fmt::Display for Config {
             writeln!(f, "stream {} = {}", stream.name, stream.source)?;
         }
         writeln!(f, "video = {}x{} @ {} fps, {} kbit/s", v.width, v.height, v.fps, v.bitrate_kbps)?;
-        writeln!(f, "encoder = {:?}, latency_strip = {}", self.encoder, self.latency_strip)?;
+        writeln!(
+            f,
+            "encoder = {:?}, latency_strip = {}, source_timeout = {} s",
+            self.encoder,
+            self.latency_strip,
+            self.source_timeout.as_secs_f64()
+        )?;
         writeln!(f, "hls_dir = {}", self.hls_dir.as_deref().map_or("(temporary)".into(), |p| p.display().to_string()))?;
         writeln!(f, "state_dir = {}", self.state_dir.display())?;
         writeln!(f, "tls = {:?}", self.tls)?;
@@ -932,6 +949,7 @@ mod tests {
             (&["--tls-cert", "/c.pem"], "`tls_key`"),
             (&["--no-tls", "--tls-cert", "/c", "--tls-key", "/k"], "not both"),
             (&["--max-viewers", "0"], "at least 1"),
+            (&["--source-timeout", "0.1"], "0.5 to 60 seconds"),
             (&["--ice-server", "http://x"], "stun:HOST"),
             (&["--encoder", "magic"], "x264"),
             (&["--public-ip", "0.0.0.0"], "`public_ip`"),

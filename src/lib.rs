@@ -84,8 +84,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Media::start(
             &config.streams,
             config.video,
-            config.encoder,
-            config.latency_strip,
+            media::StreamOptions {
+                encoder: config.encoder,
+                latency_strip: config.latency_strip,
+                source_timeout: config.source_timeout,
+            },
             config.hls_dir.as_deref(),
             stop.clone(),
         )

@@ -226,10 +226,10 @@ async fn bad_websocket_input_gets_an_error_then_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_missing_camera_is_an_error_state_and_harms_no_one() {
+async fn a_missing_camera_is_a_slate_with_its_reason_and_harms_no_one() {
     let gateway = Gateway::start(&["--stream", "live=test", "--stream", "cam=v4l2:/dev/video-missing"]);
     gateway.wait_for_state("live", "playing", START).await;
-    let cam = gateway.wait_for_state("cam", "error", START).await;
+    let cam = gateway.wait_for_state("cam", "no-signal", START).await;
     let reason = cam["error"].as_str().unwrap();
     assert!(reason.contains("/dev/video-missing") && reason.contains("no such device"), "{cam}");
     assert!(gateway.log_text().contains("/dev/video-missing"), "the reason is logged");
@@ -243,9 +243,9 @@ async fn a_missing_camera_is_an_error_state_and_harms_no_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_source_fragment_is_an_error_state() {
+async fn a_broken_source_fragment_is_a_slate_with_its_reason() {
     let gateway = Gateway::start(&["--stream", "live=test", "--stream", "bad=gst:nosuchelement"]);
-    let bad = gateway.wait_for_state("bad", "error", START).await;
+    let bad = gateway.wait_for_state("bad", "no-signal", START).await;
     assert!(bad["error"].as_str().unwrap().contains("nosuchelement"), "{bad}");
     gateway.wait_for_state("live", "playing", START).await;
 }

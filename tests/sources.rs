@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::peer::Viewer;
@@ -72,28 +71,108 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+impl RtspCamera {
+    /// Stops (or resumes) sending video while keeping the RTSP session up.
+    fn toggle_stall(&self) {
+        let _ = Command::new("kill").args(["-USR1", &self.0.id().to_string()]).status();
+    }
+}
+
+/// Camera frames carry no strip (no --latency-strip); the slate's do.
+fn camera_frames(viewer: &Viewer) -> u64 {
+    let seen = viewer.seen();
+    seen.frames - seen.frames_with_strip
+}
+
+/// The media sequence number of an HLS playlist.
+fn media_sequence(playlist: &str) -> u64 {
+    playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no media sequence in {playlist}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_rtsp_camera_plays_fails_visibly_and_recovers() {
+async fn a_camera_away_for_10_s_is_a_slate_and_comes_back_by_itself() {
     let port = free_port();
     let camera = RtspCamera::start(port);
     let source = format!("cam=rtsp://127.0.0.1:{port}/cam");
-    let gateway = Gateway::start(&["--stream", "live=test", "--stream", &source]);
+    let gateway = Gateway::start(&["--stream", "live=test", "--stream", &source, "--width", "640", "--height", "360"]);
     gateway.wait_for_state("cam", "playing", START).await;
-    let viewer = Arc::new(Viewer::new());
-    let _signalling = viewer.connect_ws(&gateway.ws_url("/ws/cam")).await;
-    let seen = viewer.wait_for_frames(0, Duration::from_secs(1)).await;
-    assert_eq!(seen.frames_with_strip, 0, "no --latency-strip: camera frames are untouched");
+    let viewer = Viewer::new();
+    viewer.connect_whep(&gateway.base, "cam").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while viewer.seen().frames < 30 {
+    while camera_frames(&viewer) < 30 {
         assert!(std::time::Instant::now() < deadline, "camera frames did not arrive: {:?}", viewer.seen());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    drop(camera);
-    let failed = gateway.wait_for_state("cam", "error", START).await;
-    eprintln!("camera gone: {failed}");
-    assert_eq!(gateway.stream("live").await["state"], "playing", "other streams keep playing");
+    // HLS: the media sequence only grows, whatever happens to the camera.
+    let hls = common::client();
+    let playlist_url = gateway.url("/hls/cam/index.m3u8");
+    let read_sequence =
+        || async { media_sequence(&hls.get(&playlist_url).send().await.unwrap().text().await.unwrap()) };
+    let mut sequences = vec![read_sequence().await];
 
+    drop(camera);
+    let lost_at = std::time::Instant::now();
+    let lost = gateway.wait_for_state("cam", "no-signal", Duration::from_secs(5)).await;
+    eprintln!("camera gone, {} ms later: {lost}", lost_at.elapsed().as_millis());
+    assert!(lost["error"].as_str().is_some_and(|e| !e.is_empty()), "the reason is shown: {lost}");
+    assert!(lost["since"].as_u64().is_some());
+    assert_eq!(gateway.stream("live").await["state"], "playing", "other streams keep playing");
+    assert_eq!(common::client().get(gateway.url("/readyz")).send().await.unwrap().status(), 503);
+
+    // Ten seconds away: the viewer keeps decoding (the slate, which carries the strip).
+    let mut last = viewer.seen().frames;
+    while lost_at.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = viewer.seen().frames;
+        assert!(now > last + 15, "frames stalled during the outage: {last} → {now}");
+        last = now;
+        sequences.push(read_sequence().await);
+    }
+    assert!(viewer.seen().frames_with_strip > 200, "slate frames were shown: {:?}", viewer.seen());
+
+    let before = camera_frames(&viewer);
     let _camera = RtspCamera::start(port);
+    let back_at = std::time::Instant::now();
+    while camera_frames(&viewer) <= before + 5 {
+        assert!(
+            back_at.elapsed() < Duration::from_secs(5),
+            "the camera's picture did not come back: {:?}",
+            viewer.seen()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = back_at.elapsed();
+    eprintln!("camera picture back on the viewer {} ms after the camera was reachable", back.as_millis());
+    assert!(back <= Duration::from_secs(2), "back after {back:?}");
+    gateway.wait_for_state("cam", "playing", Duration::from_secs(2)).await;
+    sequences.push(read_sequence().await);
+    eprintln!("HLS media sequence over the outage: {sequences:?}");
+    assert!(sequences.windows(2).all(|w| w[1] >= w[0]), "the media sequence never goes down: {sequences:?}");
+    assert!(sequences.last() > sequences.first(), "segments kept coming: {sequences:?}");
+    let log = gateway.log_text();
+    assert_eq!(log.matches("signal lost").count(), 1, "each transition is logged once");
+    assert_eq!(log.matches("signal back").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_camera_is_replaced_by_the_slate_within_the_timeout() {
+    let port = free_port();
+    let camera = RtspCamera::start(port);
+    let source = format!("cam=rtsp://127.0.0.1:{port}/cam");
+    let gateway = Gateway::start(&["--stream", &source, "--width", "640", "--height", "360", "--source-timeout", "2"]);
     gateway.wait_for_state("cam", "playing", START).await;
+    camera.toggle_stall();
+    let stalled_at = std::time::Instant::now();
+    let lost = gateway.wait_for_state("cam", "no-signal", Duration::from_secs(6)).await;
+    let after = stalled_at.elapsed();
+    eprintln!("stall noticed after {} ms: {lost}", after.as_millis());
+    assert!(after <= Duration::from_secs(3), "slate after {after:?}, more than the timeout + 1 s");
+    assert!(lost["error"].as_str().unwrap().contains("no frame for 2 s"), "{lost}");
+    camera.toggle_stall();
+    gateway.wait_for_state("cam", "playing", Duration::from_secs(10)).await;
 }

@@ -18,6 +18,8 @@ use crate::media::StreamState;
 pub struct StreamView {
     pub name: String,
     pub state: StreamState,
+    /// When the stream entered its state, in seconds since the Unix epoch.
+    pub since: u64,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
@@ -48,13 +50,14 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
         .streams
         .iter()
         .map(|stream| {
-            let (stream_state, error) = stream.status();
+            let status = stream.status();
             let name = &stream.name;
             let (packets_sent, packets_dropped) = state.webrtc.stream_totals(name);
             StreamInfo {
                 view: StreamView {
                     name: name.clone(),
-                    state: stream_state,
+                    state: status.state,
+                    since: status.since,
                     width: stream.video.width,
                     height: stream.video.height,
                     fps: stream.video.fps,
@@ -64,7 +67,7 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
                     player: format!("/?stream={name}"),
                 },
                 source: stream.source.to_string(),
-                error,
+                error: status.reason,
                 viewers: state.webrtc.viewer_count(name),
                 packets_sent,
                 packets_dropped,

@@ -1,9 +1,22 @@
-//! GStreamer only: sources, encoder choice, the per-stream pipeline, HLS output and the latency
-//! strip. Hands out RTP packets and takes keyframe requests; knows nothing of HTTP or WebRTC.
+//! GStreamer only: sources, encoder choice, the per-stream pipelines, HLS output, the slate and
+//! the latency strip. Hands out RTP packets and takes keyframe requests; knows nothing of HTTP
+//! or WebRTC.
+//!
+//! Each stream is two pipelines joined by appsink → appsrc: a **capture** part (source bin →
+//! strip → appsink) that may fail, stall and be rebuilt, and an **encoding** part (appsrc →
+//! encoder → tee → HLS + RTP) that runs for the life of the stream. When the source fails or
+//! sends nothing for `--source-timeout`, the supervisor feeds the encoder the slate instead, so
+//! viewers stay connected and HLS stays one continuous playlist; it rebuilds the source in the
+//! background and switches back, with a keyframe, on its first frame. appsink/appsrc rather than
+//! `input-selector` keeps the two lifetimes apart: a broken source is torn down whole, with no
+//! dynamic relinking inside a running pipeline (Debian's GStreamer has no `fallbackswitch`).
 
 pub mod camera;
+pub mod capture;
 pub mod encoder;
 pub mod pipeline;
+pub mod signal;
+pub mod slate;
 pub mod source;
 pub mod strip;
 
@@ -14,12 +27,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gstreamer as gst;
+use gstreamer_video::prelude::*;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EncoderChoice, Source, StreamSpec, VideoSettings};
+use capture::Capture;
 use pipeline::{PipelineSettings, StreamPipeline};
+use signal::{Change, SignalMonitor};
+use slate::Slate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -44,11 +61,22 @@ pub enum MediaError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum StreamState {
     Starting,
     Playing,
+    /// The source is away: viewers see the slate while it is reconnected.
+    NoSignal,
+    /// The encoding part failed (the source's failures are `NoSignal`).
     Error,
+}
+
+/// A stream's state, why (unless playing), and since when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: StreamState,
+    pub reason: Option<String>,
+    pub since: u64,
 }
 
 /// Packets a slow reader may fall behind by before it starts losing them (~2.5 s at 2 Mbit/s).
@@ -56,6 +84,10 @@ const PACKET_BUFFER: usize = 512;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the supervisor looks for a stalled source.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+/// Raw frames between the capture's streaming thread and the supervisor.
+const FRAME_CHANNEL: usize = 4;
 
 /// Lets an action happen at most once per interval, and never loses a request: one that comes
 /// too soon is put off to the end of the interval (once, however many come).
@@ -109,7 +141,7 @@ pub struct MediaStream {
     pub source: Source,
     pub video: VideoSettings,
     pub hls_dir: PathBuf,
-    status: Mutex<(StreamState, Option<String>)>,
+    status: Mutex<Status>,
     packets: broadcast::Sender<Bytes>,
     running: Mutex<Option<Arc<StreamPipeline>>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
@@ -122,22 +154,21 @@ impl MediaStream {
             source: spec.source.clone(),
             video,
             hls_dir: hls_root.join(&spec.name),
-            status: Mutex::new((StreamState::Starting, None)),
+            status: Mutex::new(Status { state: StreamState::Starting, reason: None, since: unix_now_s() }),
             packets: broadcast::channel(PACKET_BUFFER).0,
             running: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
         }
     }
 
-    /// State and, in the error state, the reason.
-    pub fn status(&self) -> (StreamState, Option<String>) {
+    pub fn status(&self) -> Status {
         self.status.lock().expect("status lock").clone()
     }
 
     /// Reasons come from GStreamer and may quote the source: its passwords are masked.
     fn set_status(&self, state: StreamState, reason: Option<String>) {
         let reason = reason.map(|reason| crate::redact::Secrets::global().scrub(&reason).into_owned());
-        *self.status.lock().expect("status lock") = (state, reason);
+        *self.status.lock().expect("status lock") = Status { state, reason, since: unix_now_s() };
     }
 
     /// RTP packets from now on. A receiver that falls more than a few seconds behind loses the
@@ -170,36 +201,31 @@ impl MediaStream {
     }
 
     fn on_packet(&self, packet: Bytes) {
-        // The first packet after a (re)start is what proves the pipeline works.
-        let mut status = self.status.lock().expect("status lock");
-        if status.0 != StreamState::Playing {
-            *status = (StreamState::Playing, None);
-        }
-        drop(status);
         // No receivers is not an error: nobody is watching over WebRTC.
         let _ = self.packets.send(packet);
     }
 
-    /// Runs the stream until `shutdown`, rebuilding the pipeline after any failure.
-    async fn supervise(self: Arc<Self>, encoder: EncoderChoice, latency_strip: bool, shutdown: CancellationToken) {
+    /// Runs the stream until `shutdown`: the encoding part for good (rebuilt only if it fails),
+    /// fed by the source or the slate.
+    async fn supervise(self: Arc<Self>, options: StreamOptions, shutdown: CancellationToken) {
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let started = Instant::now();
-            let outcome = tokio::select! {
-                outcome = self.clone().run_once(encoder, latency_strip) => outcome,
-                _ = shutdown.cancelled() => break,
-            };
-            *self.running.lock().expect("pipeline lock") = None;
-            let err = match outcome {
-                // A file that played to its end loops: start it again at once.
-                Ok(()) if matches!(self.source, Source::File { .. }) => {
-                    tracing::info!(stream = %self.name, "file ended; looping");
-                    continue;
+            let outcome = match self.clone().start_encoder(options.encoder).await {
+                Ok(encoder) => {
+                    *self.running.lock().expect("pipeline lock") = Some(encoder.clone());
+                    let fed = self.feed(&encoder, &options, &shutdown).await;
+                    *self.running.lock().expect("pipeline lock") = None;
+                    stop_off_runtime(encoder).await;
+                    fed
                 }
-                Ok(()) => MediaError::Runtime { stream: self.name.clone(), reason: "source ended".into() },
+                Err(err) => Err(err),
+            };
+            let err = match outcome {
+                Ok(()) => break,
                 Err(err) => err,
             };
-            tracing::warn!(stream = %self.name, error = %err, retry_in = ?backoff, "stream stopped; restarting");
+            tracing::warn!(stream = %self.name, error = %err, retry_in = ?backoff, "encoder stopped; restarting");
             self.set_status(StreamState::Error, Some(err.to_string()));
             if started.elapsed() > RESTART_BACKOFF_MAX * 3 {
                 backoff = RESTART_BACKOFF_MIN;
@@ -210,49 +236,268 @@ impl MediaStream {
             }
             backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
         }
-        *self.running.lock().expect("pipeline lock") = None;
         tracing::info!(stream = %self.name, "stream stopped");
     }
 
-    /// One pipeline's life: build, play, and wait for the end of stream or an error.
-    async fn run_once(self: Arc<Self>, encoder: EncoderChoice, latency_strip: bool) -> Result<(), MediaError> {
-        // A restart starts a fresh playlist; old segments would only confuse players.
-        let _ = std::fs::remove_dir_all(&self.hls_dir);
+    /// Builds and starts the encoding part, off the async runtime.
+    async fn start_encoder(self: Arc<Self>, encoder: EncoderChoice) -> Result<Arc<StreamPipeline>, MediaError> {
         std::fs::create_dir_all(&self.hls_dir)
             .map_err(|source| MediaError::HlsDir { path: self.hls_dir.clone(), source })?;
         let this = self.clone();
-        let setup = tokio::task::spawn_blocking(move || {
-            let settings = PipelineSettings { video: &this.video, encoder, latency_strip, hls_dir: &this.hls_dir };
+        let built = tokio::task::spawn_blocking(move || {
+            let settings = PipelineSettings { video: &this.video, encoder, hls_dir: &this.hls_dir };
             let sink = this.clone();
-            let pipeline = StreamPipeline::build(&this.name, &this.source, &settings, move |p| sink.on_packet(p))?;
+            let pipeline = StreamPipeline::build(&this.name, &settings, move |p| sink.on_packet(p))?;
             pipeline.play()?;
             Ok::<_, MediaError>(pipeline)
         })
         .await
-        .map_err(|err| MediaError::Runtime { stream: self.name.clone(), reason: err.to_string() })?;
-        let pipeline = Arc::new(setup?);
-        let mut messages = pipeline.bus().stream();
-        *self.running.lock().expect("pipeline lock") = Some(pipeline.clone());
-        tracing::info!(stream = %self.name, source = %self.source, "pipeline started");
+        .map_err(|err| MediaError::Runtime { stream: self.name.clone(), reason: err.to_string() })??;
+        tracing::info!(stream = %self.name, "encoder started");
+        Ok(Arc::new(built))
+    }
 
-        while let Some(message) = messages.next().await {
-            match message.view() {
-                gst::MessageView::Eos(_) => return Ok(()),
-                gst::MessageView::Error(err) => {
-                    let debug = err.debug().map(|d| format!(" ({d})")).unwrap_or_default();
-                    return Err(MediaError::Runtime {
-                        stream: self.name.clone(),
-                        reason: format!("{}{debug}", err.error()),
-                    });
+    /// Feeds the encoder until `shutdown` (`Ok`) or until the encoder fails (`Err`): frames from
+    /// the source while it delivers, the slate while it does not, rebuilding the source in the
+    /// background.
+    async fn feed(
+        &self,
+        encoder: &StreamPipeline,
+        options: &StreamOptions,
+        shutdown: &CancellationToken,
+    ) -> Result<(), MediaError> {
+        let mut encoder_bus = encoder.bus().stream();
+        let mut monitor = SignalMonitor::new(options.source_timeout, Instant::now());
+        let mut slate = Slate::new(&self.video, &self.name);
+        let slate_info = video_info(&self.video);
+        let mut slate_tick = tokio::time::interval(Duration::from_secs(1) / self.video.fps);
+        let mut check_tick = tokio::time::interval(SIGNAL_CHECK);
+        // Frames and bus messages carry the generation of the capture that sent them, so
+        // leftovers of a torn-down capture are ignored.
+        let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<(u64, gst::Buffer)>(FRAME_CHANNEL);
+        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<(u64, Result<(), String>)>();
+        let mut generation = 0u64;
+        let mut capture: Option<(Capture, Instant)> = None;
+        let mut next_attempt = Some(tokio::time::Instant::now());
+        let mut slow_attempts = 0u32;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = encoder_bus.next() => {
+                    if let Some(err) = message.and_then(|m| bus_error(&m)) {
+                        stop_capture(capture.take()).await;
+                        return Err(MediaError::Runtime { stream: self.name.clone(), reason: err });
+                    }
                 }
-                gst::MessageView::Warning(warning) => {
-                    tracing::warn!(stream = %self.name, warning = %warning.error(), "pipeline warning");
+                Some((from, frame)) = frames.recv() => {
+                    if from != generation {
+                        continue;
+                    }
+                    if let Change::Restored { after } = monitor.frame(Instant::now()) {
+                        tracing::info!(stream = %self.name, after_s = after.as_secs_f32(), "signal back; switching from the slate to the source");
+                        encoder.request_keyframe();
+                        slow_attempts = 0;
+                    }
+                    if self.status().state != StreamState::Playing {
+                        self.set_status(StreamState::Playing, None);
+                    }
+                    encoder.push(frame);
                 }
-                _ => {}
+                Some((from, outcome)) = ended.recv() => {
+                    if from != generation {
+                        continue;
+                    }
+                    stop_capture(capture.take()).await;
+                    match outcome {
+                        // A file that played to its end loops: start it again at once.
+                        Ok(()) if matches!(self.source, Source::File { .. }) => {
+                            tracing::info!(stream = %self.name, "file ended; looping");
+                            next_attempt = Some(tokio::time::Instant::now());
+                            continue;
+                        }
+                        Ok(()) => self.on_change(monitor.failed(Instant::now(), "the source ended".into())),
+                        Err(reason) => self.on_change(monitor.failed(Instant::now(), reason)),
+                    }
+                    next_attempt = Some(self.reconnect_at(&monitor, &mut slow_attempts));
+                }
+                _ = sleep_until(next_attempt), if capture.is_none() => {
+                    next_attempt = None;
+                    generation += 1;
+                    match self.start_capture(options, generation, frames_tx.clone(), ended_tx.clone()).await {
+                        Ok(started) => capture = Some((started, Instant::now())),
+                        Err(err) => {
+                            self.on_change(monitor.failed(Instant::now(), err.to_string()));
+                            next_attempt = Some(self.reconnect_at(&monitor, &mut slow_attempts));
+                        }
+                    }
+                }
+                _ = slate_tick.tick(), if monitor.wants_slate() => {
+                    let lost_for = match monitor.signal() {
+                        signal::Signal::Lost { since, .. } => since.elapsed(),
+                        _ => Duration::ZERO,
+                    };
+                    encoder.push(i420_buffer(&slate_info, &slate.frame(lost_for, strip::unix_now_ms())));
+                }
+                _ = check_tick.tick() => {
+                    let now = Instant::now();
+                    let change = monitor.check(now);
+                    let stalled = matches!(change, Change::Lost { .. });
+                    self.on_change(change);
+                    // A source that went quiet, or a rebuilt one that never delivered, is rebuilt.
+                    let silent_restart = monitor.wants_slate()
+                        && capture.as_ref().is_some_and(|(_, started)| now.duration_since(*started) > signal::FIRST_FRAME_GRACE);
+                    if stalled || silent_restart {
+                        stop_capture(capture.take()).await;
+                        next_attempt = Some(self.reconnect_at(&monitor, &mut slow_attempts));
+                    }
+                }
             }
         }
+        stop_capture(capture.take()).await;
         Ok(())
     }
+
+    /// Logs a transition once and shows it in the status.
+    fn on_change(&self, change: Change) {
+        if let Change::Lost { reason } = change {
+            let reason = crate::redact::Secrets::global().scrub(&reason).into_owned();
+            tracing::warn!(stream = %self.name, %reason, "signal lost; showing the slate and reconnecting");
+            self.set_status(StreamState::NoSignal, Some(reason));
+        }
+    }
+
+    /// When to try the source again, counting attempts after the fast phase.
+    fn reconnect_at(&self, monitor: &SignalMonitor, slow_attempts: &mut u32) -> tokio::time::Instant {
+        let lost_for = match monitor.signal() {
+            signal::Signal::Lost { since, .. } => since.elapsed(),
+            _ => Duration::ZERO,
+        };
+        if lost_for >= signal::RECONNECT_FAST_FOR {
+            *slow_attempts += 1;
+        }
+        let delay = signal::reconnect_delay(lost_for, slow_attempts.saturating_sub(1), jitter());
+        tracing::debug!(stream = %self.name, ?delay, "reconnecting the source");
+        tokio::time::Instant::now() + delay
+    }
+
+    /// Builds the capture part off the async runtime, wiring its frames and its end.
+    async fn start_capture(
+        &self,
+        options: &StreamOptions,
+        generation: u64,
+        frames: tokio::sync::mpsc::Sender<(u64, gst::Buffer)>,
+        ended: tokio::sync::mpsc::UnboundedSender<(u64, Result<(), String>)>,
+    ) -> Result<Capture, MediaError> {
+        let (name, source, video, strip) = (self.name.clone(), self.source.clone(), self.video, options.latency_strip);
+        let capture = tokio::task::spawn_blocking(move || {
+            Capture::start(&name, &source, &video, strip, move |frame| {
+                // The supervisor keeps up at frame rate; if it ever does not, drop, never block.
+                let _ = frames.try_send((generation, frame));
+            })
+        })
+        .await
+        .map_err(|err| MediaError::Runtime { stream: self.name.clone(), reason: err.to_string() })??;
+        let mut bus = capture.bus().stream();
+        tokio::spawn(async move {
+            while let Some(message) = bus.next().await {
+                let outcome = match message.view() {
+                    gst::MessageView::Eos(_) => Ok(()),
+                    _ => match bus_error(&message) {
+                        Some(reason) => Err(reason),
+                        None => continue,
+                    },
+                };
+                let _ = ended.send((generation, outcome));
+                return;
+            }
+        });
+        Ok(capture)
+    }
+}
+
+/// The error a bus message reports, if it is one.
+fn bus_error(message: &gst::Message) -> Option<String> {
+    match message.view() {
+        gst::MessageView::Error(err) => {
+            let debug = err.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+            Some(format!("{}{debug}", err.error()))
+        }
+        gst::MessageView::Warning(warning) => {
+            tracing::debug!(warning = %warning.error(), "pipeline warning");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops a pipeline off the async runtime: a state change to NULL can block.
+async fn stop_off_runtime<T: Send + 'static>(pipeline: T) {
+    let _ = tokio::task::spawn_blocking(move || drop(pipeline)).await;
+}
+
+async fn stop_capture(capture: Option<(Capture, Instant)>) {
+    if let Some((capture, _)) = capture {
+        stop_off_runtime(capture).await;
+    }
+}
+
+/// A number in 0..1 that differs between calls.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (random >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn unix_now_s() -> u64 {
+    strip::unix_now_ms() / 1000
+}
+
+fn video_info(video: &VideoSettings) -> gstreamer_video::VideoInfo {
+    gstreamer_video::VideoInfo::builder(gstreamer_video::VideoFormat::I420, video.width, video.height)
+        .fps(gst::Fraction::new(video.fps as i32, 1))
+        .build()
+        .expect("validated sizes make valid video info")
+}
+
+/// A GStreamer I420 buffer (its own strides) from a tightly packed I420 frame.
+fn i420_buffer(info: &gstreamer_video::VideoInfo, packed: &[u8]) -> gst::Buffer {
+    let mut buffer = gst::Buffer::with_size(info.size()).expect("allocates");
+    {
+        let buffer = buffer.get_mut().expect("a new buffer is writable");
+        if let Ok(mut frame) = gstreamer_video::VideoFrameRef::from_buffer_ref_writable(buffer, info) {
+            let (width, height) = (info.width() as usize, info.height() as usize);
+            let (luma, chroma) = packed.split_at(width * height);
+            let (u, v) = chroma.split_at(width * height / 4);
+            for (plane, (source, row_bytes, rows)) in
+                [(luma, width, height), (u, width / 2, height / 2), (v, width / 2, height / 2)].into_iter().enumerate()
+            {
+                let stride = frame.plane_stride()[plane] as usize;
+                let data = frame.plane_data_mut(plane as u32).expect("I420 has three planes");
+                for row in 0..rows {
+                    data[row * stride..row * stride + row_bytes]
+                        .copy_from_slice(&source[row * row_bytes..][..row_bytes]);
+                }
+            }
+        }
+    }
+    buffer
+}
+
+/// What every stream is run with.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    pub encoder: EncoderChoice,
+    pub latency_strip: bool,
+    /// No frame for this long and the slate takes over.
+    pub source_timeout: Duration,
 }
 
 /// All streams, and the HLS folder they write into.
@@ -269,15 +514,18 @@ impl Media {
     pub async fn start(
         specs: &[StreamSpec],
         video: VideoSettings,
-        encoder: EncoderChoice,
-        latency_strip: bool,
+        options: StreamOptions,
         hls_dir: Option<&Path>,
         shutdown: CancellationToken,
     ) -> Result<Media, MediaError> {
-        gst::init().map_err(|err| MediaError::Init(err.to_string()))?;
-        let encoder = tokio::task::spawn_blocking(move || encoder::resolve(encoder, &video))
-            .await
-            .map_err(|err| MediaError::Init(err.to_string()))??;
+        let chosen = options.encoder;
+        let encoder = tokio::task::spawn_blocking(move || {
+            gst::init().map_err(|err| MediaError::Init(err.to_string()))?;
+            encoder::resolve(chosen, &video)
+        })
+        .await
+        .map_err(|err| MediaError::Init(err.to_string()))??;
+        let options = StreamOptions { encoder, ..options };
         tracing::info!(?encoder, "encoder chosen");
 
         let (hls_root, temporary) = match hls_dir {
@@ -294,10 +542,8 @@ impl Media {
         tracing::info!(hls_dir = %hls_root.display(), temporary = temporary.is_some(), "HLS output folder");
 
         let streams: Vec<_> = specs.iter().map(|spec| Arc::new(MediaStream::new(spec, video, &hls_root))).collect();
-        let tasks = streams
-            .iter()
-            .map(|stream| tokio::spawn(stream.clone().supervise(encoder, latency_strip, shutdown.clone())))
-            .collect();
+        let tasks =
+            streams.iter().map(|stream| tokio::spawn(stream.clone().supervise(options, shutdown.clone()))).collect();
         Ok(Media { streams, hls_root, _temporary_hls: temporary, tasks: Mutex::new(tasks) })
     }
 

@@ -1,18 +1,16 @@
-//! One stream's pipeline: source → strip → encoder → tee → (HLS | RTP packets).
+//! One stream's encoding part, which runs for the life of the stream: raw frames (from the
+//! source or the slate) → encoder → tee → (HLS | RTP packets).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
-use gstreamer_video::prelude::*;
 
-use super::source::{self, CaptureClock};
 use super::{encoder, strip, MediaError};
-use crate::config::{EncoderChoice, Source, VideoSettings};
+use crate::config::{EncoderChoice, VideoSettings};
 
 /// RTP payload type the payloader writes; each viewer's is rewritten to what it negotiated.
 pub const RTP_PAYLOAD_TYPE: u32 = 96;
@@ -20,22 +18,27 @@ pub const RTP_PAYLOAD_TYPE: u32 = 96;
 pub const RTP_MTU: u32 = 1200;
 pub const HLS_PLAYLIST: &str = "index.m3u8";
 pub const HLS_SEGMENT_SECONDS: u32 = 1;
+/// Segments listed in the playlist, and kept on disk (twice as many, for slow players).
+const HLS_PLAYLIST_LENGTH: u32 = 6;
+const HLS_FILES_KEPT: u32 = 12;
+/// RTP packets the appsink holds if the fan-out falls behind (~1 s at 2 Mbit/s).
+const RTP_SINK_BUFFERS: u32 = 256;
 
-/// Everything a pipeline needs besides its source.
+/// Everything the encoding part needs.
 pub struct PipelineSettings<'a> {
     pub video: &'a VideoSettings,
     pub encoder: EncoderChoice,
-    pub latency_strip: bool,
     pub hls_dir: &'a Path,
 }
 
-/// A built pipeline; dropping it stops it.
+/// A built encoding pipeline; dropping it stops it.
 pub struct StreamPipeline {
     pipeline: gst::Pipeline,
+    frames: gst_app::AppSrc,
     encoder: gst::Element,
 }
 
-fn make(factory: &'static str, name: &str) -> Result<gst::Element, MediaError> {
+pub fn make(factory: &'static str, name: &str) -> Result<gst::Element, MediaError> {
     gst::ElementFactory::make(factory).name(name).build().map_err(|_| MediaError::MissingElement {
         factory,
         package: match factory {
@@ -57,36 +60,45 @@ fn queue(name: &str) -> Result<gst::Element, MediaError> {
     Ok(queue)
 }
 
+/// The realtime clock: the latency strip carries wall-clock capture times, so a pipeline's
+/// base time plus running time must be wall time.
+pub fn realtime_clock() -> gst::Clock {
+    gst::glib::Object::builder::<gst::SystemClock>().property("clock-type", gst::ClockType::Realtime).build().upcast()
+}
+
+/// Raw video at the stream's size and rate: what sources and the slate hand the encoder.
+pub fn raw_caps(video: &VideoSettings) -> gst::Caps {
+    gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, video.width, video.height)
+        .fps(gst::Fraction::new(video.fps as i32, 1))
+        .par(gst::Fraction::new(1, 1))
+        .build()
+        .expect("validated sizes make valid caps")
+        .to_caps()
+        .expect("video info makes caps")
+}
+
 impl StreamPipeline {
-    /// Builds the pipeline; `on_packet` receives every RTP packet on a streaming thread.
+    /// Builds the encoding part; `on_packet` receives every RTP packet on a streaming thread.
     pub fn build(
         stream: &str,
-        source: &Source,
         settings: &PipelineSettings<'_>,
         on_packet: impl Fn(Bytes) + Send + Sync + 'static,
     ) -> Result<StreamPipeline, MediaError> {
         let video = settings.video;
-        let (description, capture_clock) = source::describe(source, video)?;
-        let source_error = |reason: String| MediaError::Source { stream: stream.into(), reason };
-        // Ghosting only our own output: ghosting "unlinked" pads would also grab the input of an
-        // element waiting for a dynamic pad (decodebin, rtspsrc) and break that delayed link.
-        let source_bin = gst::parse::bin_from_description(&description, false)
-            .map_err(|err| source_error(format!("{err} (in `{description}`)")))?;
-        let output = source_bin
-            .by_name(source::SOURCE_OUTPUT)
-            .and_then(|element| element.static_pad("src"))
-            .ok_or_else(|| source_error(format!("no output in `{description}`")))?;
-        let ghost = gst::GhostPad::with_target(&output).map_err(|err| source_error(err.to_string()))?;
-        source_bin.add_pad(&ghost).map_err(|err| source_error(err.to_string()))?;
-        source_bin.set_property("name", "source");
-
         let pipeline = gst::Pipeline::with_name(stream);
-        // The strip carries wall-clock capture times, so running time must map to wall time.
-        let realtime: gst::SystemClock =
-            gst::glib::Object::builder().property("clock-type", gst::ClockType::Realtime).build();
-        pipeline.use_clock(Some(&realtime));
+        pipeline.use_clock(Some(&realtime_clock()));
 
-        let strip_tap = make("identity", "strip")?;
+        // Live, stamped on arrival: frames from the camera and from the slate share one
+        // continuous timeline, so HLS never sees a jump. Two frames of slack, oldest dropped.
+        let frames = gst_app::AppSrc::builder()
+            .name("frames")
+            .caps(&raw_caps(video))
+            .is_live(true)
+            .format(gst::Format::Time)
+            .do_timestamp(true)
+            .max_buffers(2)
+            .leaky_type(gst_app::AppLeakyType::Downstream)
+            .build();
         let encoder = encoder::make(settings.encoder, video)?;
         let h264_caps = make("capsfilter", "h264caps")?;
         h264_caps.set_property("caps", encoder::H264_CAPS.parse::<gst::Caps>().expect("valid caps"));
@@ -100,8 +112,8 @@ impl StreamPipeline {
         hls.set_property("location", settings.hls_dir.join(format!("segment-{started}-%05d.ts")).to_str());
         hls.set_property("playlist-location", settings.hls_dir.join(HLS_PLAYLIST).to_str());
         hls.set_property("target-duration", HLS_SEGMENT_SECONDS);
-        hls.set_property("playlist-length", 6u32);
-        hls.set_property("max-files", 12u32);
+        hls.set_property("playlist-length", HLS_PLAYLIST_LENGTH);
+        hls.set_property("max-files", HLS_FILES_KEPT);
         // The GOP is one segment long, so every segment already starts at a keyframe. hlssink2's
         // own requests would add keyframes, and each makes rtph264pay send SPS/PPS as a separate
         // packet with the marker bit set, which browsers fail to decode and answer with a PLI.
@@ -117,7 +129,7 @@ impl StreamPipeline {
         let appsink = gst_app::AppSink::builder()
             .name("rtp")
             .sync(false)
-            .max_buffers(256)
+            .max_buffers(RTP_SINK_BUFFERS)
             .drop(true)
             .callbacks(
                 gst_app::AppSinkCallbacks::builder()
@@ -133,7 +145,7 @@ impl StreamPipeline {
             )
             .build();
 
-        let chain = [source_bin.upcast_ref(), &strip_tap, &encoder, &h264_caps, &parse, &tee];
+        let chain = [frames.upcast_ref(), &encoder, &h264_caps, &parse, &tee];
         pipeline
             .add_many(chain)
             .and_then(|_| pipeline.add_many([&hls_queue, &hls, &rtp_queue, &pay, appsink.upcast_ref()]))
@@ -145,11 +157,7 @@ impl StreamPipeline {
         link(&chain)?;
         link(&[&tee, &hls_queue, &hls])?;
         link(&[&tee, &rtp_queue, &pay, appsink.upcast_ref()])?;
-
-        if settings.latency_strip || *source == Source::Test {
-            draw_strip_on(&strip_tap, video, capture_clock)?;
-        }
-        Ok(StreamPipeline { pipeline, encoder })
+        Ok(StreamPipeline { pipeline, frames, encoder })
     }
 
     pub fn play(&self) -> Result<(), MediaError> {
@@ -161,6 +169,15 @@ impl StreamPipeline {
 
     pub fn bus(&self) -> gst::Bus {
         self.pipeline.bus().expect("a pipeline has a bus")
+    }
+
+    /// Hands the encoder one raw frame; its timestamp is set on arrival. Never blocks: if the
+    /// encoder falls behind, the oldest waiting frame is dropped.
+    pub fn push(&self, mut frame: gst::Buffer) {
+        let buffer = frame.make_mut();
+        buffer.set_pts(gst::ClockTime::NONE);
+        buffer.set_dts(gst::ClockTime::NONE);
+        let _ = self.frames.push_buffer(frame);
     }
 
     /// Asks the encoder for a keyframe as soon as it can. h264parse already puts SPS/PPS in
@@ -176,45 +193,4 @@ impl Drop for StreamPipeline {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
-}
-
-fn draw_strip_on(element: &gst::Element, video: &VideoSettings, clock: CaptureClock) -> Result<(), MediaError> {
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, video.width, video.height)
-        .build()
-        .map_err(|err| MediaError::Link { stream: "strip".into(), reason: err.to_string() })?;
-    let info = Arc::new(info);
-    let pad = element.static_pad("src").expect("identity has a src pad");
-    let _ = pad.add_probe(gst::PadProbeType::BUFFER, move |pad, probe| {
-        let unix_ms = match clock {
-            CaptureClock::Now => Some(strip::unix_now_ms()),
-            CaptureClock::BufferTime => probe.buffer().and_then(|buffer| capture_time_ms(pad, buffer)),
-        };
-        if let (Some(unix_ms), Some(buffer)) = (unix_ms, probe.buffer_mut()) {
-            let buffer = buffer.make_mut();
-            if let Ok(mut frame) = gst_video::VideoFrameRef::from_buffer_ref_writable(buffer, &info) {
-                let strides = frame.plane_stride().iter().map(|s| *s as usize).collect::<Vec<_>>();
-                let [y, u, v, _] = frame.planes_data_mut();
-                strip::draw_i420(
-                    strip::Plane { data: y, stride: strides[0] },
-                    strip::Plane { data: u, stride: strides[1] },
-                    strip::Plane { data: v, stride: strides[2] },
-                    info.width(),
-                    unix_ms,
-                );
-            }
-        }
-        gst::PadProbeReturn::Ok
-    });
-    Ok(())
-}
-
-/// Wall-clock capture time of a buffer: the pipeline runs on the realtime clock, so base time
-/// plus the buffer's running time is the moment it was captured.
-fn capture_time_ms(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<u64> {
-    let pts = buffer.pts()?;
-    let segment = pad.sticky_event::<gst::event::Segment>(0)?;
-    let segment = segment.segment().downcast_ref::<gst::ClockTime>()?;
-    let running = segment.to_running_time(pts)?;
-    let base = pad.parent_element()?.base_time()?;
-    Some((base + running).mseconds())
 }
