@@ -26,6 +26,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
@@ -245,6 +246,8 @@ pub struct WebRtc {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     totals: Mutex<HashMap<String, Arc<PacketStats>>>,
     viewers: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
+    /// Every viewer's task, so shutdown can wait for them.
+    tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
@@ -290,6 +293,8 @@ const ICE_FAILED_AFTER: Duration = Duration::from_secs(6);
 const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
 /// How long a viewer may take from answer to connected before its port and slot are released.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for viewers to close their peers.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long the answer waits for candidates to be gathered (host candidates take microseconds).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -312,6 +317,7 @@ impl WebRtc {
             counts: Default::default(),
             totals: Default::default(),
             viewers: Default::default(),
+            tasks: TaskTracker::new(),
             shutdown,
         })
     }
@@ -432,7 +438,7 @@ impl WebRtc {
             _port: port,
         });
         self.viewers.lock().expect("viewers lock").insert(viewer.id.clone(), viewer.clone());
-        tokio::spawn(serve_viewer(viewer.clone(), track, feed, state_rx, events, self.viewers.clone()));
+        self.tasks.spawn(serve_viewer(viewer.clone(), track, feed, state_rx, events, self.viewers.clone()));
         Ok((viewer, answer))
     }
 
@@ -467,15 +473,15 @@ impl WebRtc {
         Ok((OwnTrack { track, ssrc }, rewrite_host_candidates(&local.sdp, self.settings.public_ip)))
     }
 
-    /// Closes every viewer and waits (briefly) until they are gone.
+    /// Closes every viewer and waits until their tasks have ended, or `SHUTDOWN_GRACE` passed.
     pub async fn close_all(&self) {
         let viewers: Vec<_> = self.viewers.lock().expect("viewers lock").values().cloned().collect();
         for viewer in &viewers {
             viewer.close();
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while !self.viewers.lock().expect("viewers lock").is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
+            tracing::warn!(left = self.tasks.len(), "viewers still closing at shutdown");
         }
     }
 }
