@@ -1,5 +1,7 @@
 //! Picks the camera mode closest to what was asked for, from the caps a V4L2 device offers.
 
+use std::path::{Path, PathBuf};
+
 use gstreamer as gst;
 
 /// Formats we can take from a camera, in order of preference at equal size and rate: raw
@@ -157,5 +159,73 @@ mod tests {
         gst::init().unwrap();
         let caps: gst::Caps = "video/x-raw, format=BGRx, width=640, height=480, framerate=30/1".parse().unwrap();
         assert_eq!(choose(&caps, 640, 480, 30), None);
+    }
+}
+
+/// Where Linux lists video devices, each with the name its driver reports.
+pub const SYSFS_VIDEO4LINUX: &str = "/sys/class/video4linux";
+
+/// The name a V4L2 device reports (`<sysfs>/videoN/name`), e.g. "HD Pro Webcam C920".
+pub fn device_name(sysfs: &Path, device: &Path) -> Option<String> {
+    let node = device.file_name()?;
+    let name = std::fs::read_to_string(sysfs.join(node).join("name")).ok()?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+/// The device to open for a camera configured as `configured`: that path while it exists;
+/// after an unplug, the device that came back under another number with the name the camera
+/// had (the lowest such number: a USB camera's metadata node follows its capture node).
+pub fn locate(sysfs: &Path, dev: &Path, configured: &Path, known_name: Option<&str>) -> Option<PathBuf> {
+    if configured.exists() {
+        return Some(configured.to_owned());
+    }
+    let known_name = known_name?;
+    let mut matches: Vec<(u32, PathBuf)> = std::fs::read_dir(sysfs)
+        .ok()?
+        .filter_map(|entry| {
+            let node = entry.ok()?.file_name().into_string().ok()?;
+            let number = node.strip_prefix("video")?.parse::<u32>().ok()?;
+            let device = dev.join(&node);
+            (device.exists() && device_name(sysfs, &device).as_deref() == Some(known_name)).then_some((number, device))
+        })
+        .collect();
+    matches.sort();
+    matches.into_iter().next().map(|(_, device)| device)
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::*;
+
+    /// A fake sysfs and /dev: `devices` are (node, name) pairs.
+    fn fake(devices: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let (sysfs, dev) = (root.path().join("sys"), root.path().join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        for (node, name) in devices {
+            std::fs::create_dir_all(sysfs.join(node)).unwrap();
+            std::fs::write(sysfs.join(node).join("name"), format!("{name}\n")).unwrap();
+            std::fs::write(dev.join(node), "").unwrap();
+        }
+        (root, sysfs, dev)
+    }
+
+    #[test]
+    fn an_unplugged_camera_is_found_again_by_name() {
+        let (_root, sysfs, dev) = fake(&[("video0", "Lab Cam"), ("video1", "Lab Cam")]);
+        let configured = dev.join("video0");
+        assert_eq!(device_name(&sysfs, &configured).as_deref(), Some("Lab Cam"));
+        assert_eq!(locate(&sysfs, &dev, &configured, Some("Lab Cam")), Some(configured.clone()), "still there");
+
+        // Unplugged: nothing to open.
+        let (_root, sysfs, dev) = fake(&[("video7", "Other Cam")]);
+        let configured = dev.join("video0");
+        assert_eq!(locate(&sysfs, &dev, &configured, Some("Lab Cam")), None);
+
+        // Plugged back in as video2/video3 (capture and metadata nodes), beside another camera.
+        let (_root, sysfs, dev) = fake(&[("video1", "Other Cam"), ("video3", "Lab Cam"), ("video2", "Lab Cam")]);
+        let configured = dev.join("video0");
+        assert_eq!(locate(&sysfs, &dev, &configured, Some("Lab Cam")), Some(dev.join("video2")));
+        assert_eq!(locate(&sysfs, &dev, &configured, None), None, "a camera never seen has no name to look for");
     }
 }

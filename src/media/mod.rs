@@ -144,6 +144,8 @@ pub struct MediaStream {
     status: Mutex<Status>,
     packets: broadcast::Sender<Bytes>,
     running: Mutex<Option<Arc<StreamPipeline>>>,
+    /// The name a V4L2 camera reported, to find it again if it comes back as another device.
+    camera_name: Mutex<Option<String>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
 }
 
@@ -157,6 +159,7 @@ impl MediaStream {
             status: Mutex::new(Status { state: StreamState::Starting, reason: None, since: unix_now_s() }),
             packets: broadcast::channel(PACKET_BUFFER).0,
             running: Mutex::new(None),
+            camera_name: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
         }
     }
@@ -388,7 +391,7 @@ impl MediaStream {
         frames: tokio::sync::mpsc::Sender<(u64, gst::Buffer)>,
         ended: tokio::sync::mpsc::UnboundedSender<(u64, Result<(), String>)>,
     ) -> Result<Capture, MediaError> {
-        let (name, source, video, strip) = (self.name.clone(), self.source.clone(), self.video, options.latency_strip);
+        let (name, source, video, strip) = (self.name.clone(), self.locate_source(), self.video, options.latency_strip);
         let capture = tokio::task::spawn_blocking(move || {
             Capture::start(&name, &source, &video, strip, move |frame| {
                 // The supervisor keeps up at frame rate; if it ever does not, drop, never block.
@@ -412,6 +415,26 @@ impl MediaStream {
             }
         });
         Ok(capture)
+    }
+}
+
+impl MediaStream {
+    /// The source to open now: for a camera, the configured device while it exists, else the
+    /// device it came back as after an unplug (found by name).
+    fn locate_source(&self) -> Source {
+        let Source::V4l2 { device } = &self.source else { return self.source.clone() };
+        let sysfs = Path::new(camera::SYSFS_VIDEO4LINUX);
+        let mut known = self.camera_name.lock().expect("camera name lock");
+        let Some(found) = camera::locate(sysfs, Path::new("/dev"), device, known.as_deref()) else {
+            return self.source.clone();
+        };
+        if known.is_none() {
+            *known = camera::device_name(sysfs, &found);
+        }
+        if found != *device {
+            tracing::info!(stream = %self.name, configured = %device.display(), found = %found.display(), "camera found again under another device");
+        }
+        Source::V4l2 { device: found }
     }
 }
 
