@@ -49,7 +49,8 @@ async function inboundStats(page) {
       if (r.type === 'inbound-rtp' && r.kind === 'video') {
         const keys = ['jitterBufferDelay', 'jitterBufferEmittedCount', 'jitterBufferTargetDelay', 'jitterBufferMinimumDelay',
           'totalDecodeTime', 'framesDecoded', 'totalProcessingDelay', 'totalAssemblyTime', 'framesAssembledFromMultiplePackets',
-          'framesReceived', 'framesDropped', 'packetsReceived', 'packetsLost', 'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount'];
+          'framesReceived', 'framesDropped', 'packetsReceived', 'packetsLost', 'freezeCount', 'totalFreezesDuration', 'nackCount', 'pliCount',
+          'keyFramesDecoded'];
         const out = { decoderImplementation: r.decoderImplementation };
         for (const k of keys) out[k] = r[k];
         return out;
@@ -74,6 +75,7 @@ function statsDelta(a, b) {
     firstToLastPacketMs: per('totalAssemblyTime', 'framesAssembledFromMultiplePackets'),
     framesReceived: d('framesReceived'), framesDecoded: d('framesDecoded'), framesDropped: d('framesDropped'),
     packetsReceived: d('packetsReceived'), packetsLost: d('packetsLost'), nacks: d('nackCount'), plis: d('pliCount'),
+    keyFramesDecoded: d('keyFramesDecoded'),
     freezes: d('freezeCount'), freezesMs: round(1000 * d('totalFreezesDuration'), 0),
   };
 }
@@ -427,7 +429,10 @@ async function main() {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-bench-'));
   const gw = new Gateway({
     name: 'bench', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPorts: '20000-20499' /* below the kernel's ephemeral ports, which the light viewers use */,
-    streams: ['live=test'], extraArgs: ['--max-viewers', '300', '--width', String(WIDTH), '--height', String(HEIGHT), '--fps', String(FPS)],
+    streams: ['live=test'],
+    // The light viewers all come from one address: lift the per-client limits meant for abuse.
+    extraArgs: ['--max-viewers', '300', '--width', String(WIDTH), '--height', String(HEIGHT), '--fps', String(FPS),
+      '--max-pending-per-ip', '1000', '--signalling-rate', '1000'],
   });
   results.settings.gatewayArgs = gw.args();
   const scenario = async (name, fn) => {

@@ -130,7 +130,7 @@ export function writeReport(r, { docsPath, jsonPath }) {
   if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}):\n\n${fanoutTable(s.fanout)}`);
   const cs = (x) => (x ? `jitter buffer ${fmt(x.jitterBufferMs)} ms/frame (target ${fmt(x.jitterBufferTargetMs)}, minimum ${fmt(x.jitterBufferMinimumMs)}), `
     + `first→last packet of a frame ${fmt(x.firstToLastPacketMs)} ms, receive→decoded ${fmt(x.receiveToDecodedMs)} ms (decode ${fmt(x.decodeMs)} ms, ${x.decoder || '?'}), `
-    + `${x.framesDecoded} decoded / ${x.framesDropped} dropped, ${x.packetsLost} packets lost, ${x.nacks} NACKs, ${x.plis} PLIs, ${x.freezes} freezes (${x.freezesMs} ms)` : '–');
+    + `${x.framesDecoded} decoded / ${x.framesDropped} dropped, ${x.keyFramesDecoded ?? '?'} keyframes, ${x.packetsLost} packets lost, ${x.nacks} NACKs, ${x.plis} PLIs, ${x.freezes} freezes (${x.freezesMs} ms)` : '–');
   const statLines = [];
   if (s.webrtc && s.webrtc.chromiumStats) statLines.push(`- WebRTC latency scenario: ${cs(s.webrtc.chromiumStats)}`);
   for (const x of Array.isArray(s.fanout) ? s.fanout : []) if (x.chromiumStats) statLines.push(`- fan-out N=${x.n}: ${cs(x.chromiumStats)}`);
