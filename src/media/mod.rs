@@ -211,6 +211,7 @@ impl MediaStream {
     /// Runs the stream until `shutdown`: the encoding part for good (rebuilt only if it fails),
     /// fed by the source or the slate.
     async fn supervise(self: Arc<Self>, options: StreamOptions, shutdown: CancellationToken) {
+        tracing::info!(stream = %self.name, source = %self.source, "stream starting");
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let started = Instant::now();
@@ -327,7 +328,10 @@ impl MediaStream {
                     next_attempt = None;
                     generation += 1;
                     match self.start_capture(options, generation, frames_tx.clone(), ended_tx.clone()).await {
-                        Ok(started) => capture = Some((started, Instant::now())),
+                        Ok(started) => {
+                            tracing::debug!(stream = %self.name, generation, "source started");
+                            capture = Some((started, Instant::now()));
+                        }
                         Err(err) => {
                             self.on_change(monitor.failed(Instant::now(), err.to_string()));
                             next_attempt = Some(self.reconnect_at(&monitor, &mut slow_attempts));
