@@ -1,6 +1,7 @@
 // livegate in a real browser: the gateway binary and Debian's Chromium, both inside the
 // private network namespace made by scripts/netns-run (see run.sh). Scenarios from issue 3.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -370,6 +371,46 @@ test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe 
     assert.equal(stats.freezeCount, 0, 'freezeCount');
     assertClean(report, assert, 'clean-stream page');
   } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
+
+test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps playing on NACKs, ≥ 95 % of frames, p95 ≤ 150 ms', async () => {
+  const seconds = 20;
+  const gw = await gateway({ name: 'lossy' }).start();
+  const { context } = await newContext(browser, gw.origin, { initScripts: [KEEP_PEER_CONNECTIONS] });
+  // Inside scripts/netns-run, so only this namespace's loopback loses packets.
+  const rule = ['INPUT', '-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', '0.02', '-j', 'DROP'];
+  let dropping = false;
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${gw.origin}/?mode=webrtc`);
+    await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+    execFileSync('iptables', ['-A', ...rule]);
+    dropping = true;
+    const before = await inboundVideo(page);
+    const since = await page.evaluate(() => performance.now());
+    await sleep(seconds * 1000);
+    const after = await inboundVideo(page);
+    const latencies = await page.evaluate((t) => window.__e2e.samples.filter((s) => s.t >= t && s.latency !== null).map((s) => s.latency), since);
+    latencies.sort((a, b) => a - b);
+    const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
+    const delta = (k) => after[k] - before[k];
+    const figures = {
+      seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
+      freezes: delta('freezeCount'), packetsLost: delta('packetsLost'), p50: pct(0.5), p95: pct(0.95),
+    };
+    results.loss2 = figures;
+    log(`2 % loss over ${seconds} s: ${JSON.stringify(figures)}`);
+    assert.ok(figures.nacks > 0, 'losses are repaired with NACKs');
+    // Freezes are logged, not yet held to issue 8's target (≤ 2 a minute): runs here saw 0, 0 and 2 in 20 s, the 2
+    // when a packet stayed lost after its NACKs. That is the next step of issue 8 §3.
+    assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
+    assert.ok(figures.p95 <= 150, `glass-to-glass p95 ${figures.p95} ms`);
+  } finally {
+    if (dropping) execFileSync('iptables', ['-D', ...rule]);
     await context.close();
     await gw.stop();
   }
