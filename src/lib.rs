@@ -14,6 +14,7 @@
 //!   type; a viewer that lags drops packets, is counted and resumes at the next keyframe.
 //! - [`signalling`]: the WebSocket protocol and WHEP, as serde types and pure session logic
 //!   with thin transports; it drives `webrtc` and limits what each client address may do.
+//! - [`places`]: places counted per key (viewers per stream, pending sessions per address).
 //! - [`http`]: the axum router over rustls: who is asking (address, credential), player page,
 //!   `/api`, signalling, HLS files, security headers.
 //!
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod places;
 pub mod redact;
 pub mod signalling;
 pub mod webrtc;

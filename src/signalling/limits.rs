@@ -2,16 +2,15 @@
 //! from `governor`) and a number of sessions answered but not yet connected. Over either, the
 //! client gets 429 with `Retry-After`, and nobody else notices.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::ClientLimits;
+use crate::places::{Place, Places};
 
 /// The client's address, as the HTTP layer worked it out (trusting `X-Forwarded-For` only from
 /// configured proxies).
@@ -38,27 +37,12 @@ impl Limited {
 
 pub struct Limits {
     rate: DefaultKeyedRateLimiter<IpAddr>,
-    pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    pending: Places<IpAddr>,
     max_pending: usize,
 }
 
 /// One unconnected session of one address; dropping it frees the place.
-pub struct PendingSlot {
-    ip: IpAddr,
-    pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut pending = self.pending.lock().expect("pending lock");
-        if let Some(count) = pending.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                pending.remove(&self.ip);
-            }
-        }
-    }
-}
+pub type PendingPlace = Place<IpAddr>;
 
 impl Limits {
     pub fn new(limits: &ClientLimits) -> Limits {
@@ -66,7 +50,7 @@ impl Limits {
         let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 is not 0"));
         Limits {
             rate: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
-            pending: Default::default(),
+            pending: Places::new(),
             max_pending: limits.max_pending_per_ip,
         }
     }
@@ -80,14 +64,8 @@ impl Limits {
     }
 
     /// A place for one more unconnected session of this address.
-    pub fn pending(&self, ip: IpAddr) -> Result<PendingSlot, Limited> {
-        let mut pending = self.pending.lock().expect("pending lock");
-        let count = pending.entry(ip).or_default();
-        if *count >= self.max_pending {
-            return Err(Limited::TooManyPending { ip, max: self.max_pending });
-        }
-        *count += 1;
-        Ok(PendingSlot { ip, pending: self.pending.clone() })
+    pub fn pending(&self, ip: IpAddr) -> Result<PendingPlace, Limited> {
+        self.pending.take(&ip, self.max_pending).ok_or(Limited::TooManyPending { ip, max: self.max_pending })
     }
 
     /// Forgets the rate state of addresses that have been quiet; call now and then.

@@ -13,7 +13,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use webrtc::peer_connection::RTCIceCandidateInit;
 
-use super::limits::{ClientIp, PendingSlot};
+use super::limits::{ClientIp, PendingPlace};
 use super::protocol::ServerMessage;
 use super::sdp::VideoSection;
 use super::session::{Action, Session, SessionError, MAX_MESSAGE_BYTES};
@@ -88,7 +88,7 @@ struct Connection {
     events: mpsc::UnboundedSender<PeerEvent>,
     viewer: Option<Arc<Viewer>>,
     /// Held from the offer until the peer connects.
-    pending: Option<PendingSlot>,
+    pending: Option<PendingPlace>,
     video: VideoSection,
 }
 

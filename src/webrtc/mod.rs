@@ -36,6 +36,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::config::WebRtcSettings;
+use crate::places::{Place, Places};
 use candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
 use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
@@ -121,21 +122,6 @@ pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
     Ok(engine)
 }
 
-/// Counts a stream's viewers; a slot is held from the offer until the viewer is gone.
-struct ViewerSlot {
-    stream: String,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl Drop for ViewerSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().expect("viewer count lock");
-        if let Some(count) = counts.get_mut(&self.stream) {
-            *count -= 1;
-        }
-    }
-}
-
 /// Packet counters, kept per viewer and summed per stream, for the API and the benchmarks.
 #[derive(Default)]
 pub struct PacketStats {
@@ -179,7 +165,8 @@ pub struct Viewer {
     /// Cancelled once the viewer is connected, or gone without ever connecting.
     settled: CancellationToken,
     remote: Mutex<RemoteCandidates>,
-    _slot: ViewerSlot,
+    /// Held from the offer until the viewer is gone.
+    _slot: Place<String>,
     _port: PortLease,
 }
 
@@ -243,7 +230,7 @@ pub struct WebRtc {
     engine: MediaEngine,
     setting_engine: SettingEngine,
     ports: PortPool,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    viewer_places: Places<String>,
     totals: Mutex<HashMap<String, Arc<PacketStats>>>,
     viewers: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
     /// Every viewer's task, so shutdown can wait for them.
@@ -314,7 +301,7 @@ impl WebRtc {
             engine: media_engine()?,
             setting_engine,
             settings,
-            counts: Default::default(),
+            viewer_places: Places::new(),
             totals: Default::default(),
             viewers: Default::default(),
             tasks: TaskTracker::new(),
@@ -323,7 +310,7 @@ impl WebRtc {
     }
 
     pub fn viewer_count(&self, stream: &str) -> usize {
-        self.counts.lock().expect("viewer count lock").get(stream).copied().unwrap_or(0)
+        self.viewer_places.count(&stream.to_owned())
     }
 
     /// Packets sent to and dropped for every viewer the stream ever had.
@@ -336,14 +323,11 @@ impl WebRtc {
         self.viewers.lock().expect("viewers lock").get(id).cloned()
     }
 
-    fn reserve(&self, stream: &str) -> Result<ViewerSlot, WebRtcError> {
-        let mut counts = self.counts.lock().expect("viewer count lock");
-        let count = counts.entry(stream.to_owned()).or_default();
-        if *count >= self.settings.max_viewers {
-            return Err(WebRtcError::TooManyViewers { stream: stream.into(), max: self.settings.max_viewers });
-        }
-        *count += 1;
-        Ok(ViewerSlot { stream: stream.into(), counts: self.counts.clone() })
+    fn reserve(&self, stream: &str) -> Result<Place<String>, WebRtcError> {
+        let max = self.settings.max_viewers;
+        self.viewer_places
+            .take(&stream.to_owned(), max)
+            .ok_or_else(|| WebRtcError::TooManyViewers { stream: stream.into(), max })
     }
 
     /// A peer connection on `port`, from the engine and settings built once in `new`.
