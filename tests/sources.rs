@@ -113,6 +113,11 @@ async fn a_camera_away_for_10_s_is_a_slate_and_comes_back_by_itself() {
     let playlist_url = gateway.url("/hls/cam/index.m3u8");
     let read_sequence =
         || async { media_sequence(&hls.get(&playlist_url).send().await.unwrap().text().await.unwrap()) };
+    let listed = std::time::Instant::now();
+    while !hls.get(&playlist_url).send().await.unwrap().text().await.unwrap().contains(".ts") {
+        assert!(listed.elapsed() < Duration::from_secs(5), "the playlist lists no segment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut sequences = vec![read_sequence().await];
 
     drop(camera);
