@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use super::pipeline::{make, raw_caps, realtime_clock};
+use super::pipeline::{appsink, make, raw_caps, realtime_clock};
 use super::source::{self, CaptureClock};
 use super::{strip, MediaError};
 use crate::config::{Source, VideoSettings};
@@ -49,24 +48,8 @@ impl Capture {
         let pipeline = gst::Pipeline::with_name(&format!("{stream}-capture"));
         pipeline.use_clock(Some(&realtime_clock()));
         let strip_tap = make("identity", "strip")?;
-        let sink = gst_app::AppSink::builder()
-            .name("frames")
-            .caps(&raw_caps(video))
-            .sync(false)
-            .max_buffers(FRAMES_QUEUED)
-            .drop(true)
-            .callbacks(
-                gst_app::AppSinkCallbacks::builder()
-                    .new_sample(move |sink| {
-                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                        if let Some(buffer) = sample.buffer_owned() {
-                            on_frame(buffer);
-                        }
-                        Ok(gst::FlowSuccess::Ok)
-                    })
-                    .build(),
-            )
-            .build();
+        let sink = appsink("frames", FRAMES_QUEUED, on_frame);
+        sink.set_caps(Some(&raw_caps(video)));
         let chain = [source_bin.upcast_ref(), &strip_tap, sink.upcast_ref()];
         let link_error =
             |err: gst::glib::BoolError| MediaError::Link { stream: stream.into(), reason: err.to_string() };

@@ -60,6 +60,32 @@ fn queue(name: &str) -> Result<gst::Element, MediaError> {
     Ok(queue)
 }
 
+/// An appsink that hands each buffer to `on_buffer` on its streaming thread, without syncing
+/// to the clock, keeping at most `max_buffers` (the oldest dropped) if `on_buffer` falls behind.
+pub fn appsink(
+    name: &str,
+    max_buffers: u32,
+    on_buffer: impl Fn(gst::Buffer) + Send + Sync + 'static,
+) -> gst_app::AppSink {
+    gst_app::AppSink::builder()
+        .name(name)
+        .sync(false)
+        .max_buffers(max_buffers)
+        .drop(true)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(buffer) = sample.buffer_owned() {
+                        on_buffer(buffer);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        )
+        .build()
+}
+
 /// The realtime clock: the latency strip carries wall-clock capture times, so a pipeline's
 /// base time plus running time must be wall time.
 pub fn realtime_clock() -> gst::Clock {
@@ -126,24 +152,11 @@ impl StreamPipeline {
         pay.set_property("mtu", RTP_MTU);
         // Send each NAL as soon as it is out of the encoder instead of waiting to aggregate.
         pay.set_property_from_str("aggregate-mode", "zero-latency");
-        let appsink = gst_app::AppSink::builder()
-            .name("rtp")
-            .sync(false)
-            .max_buffers(RTP_SINK_BUFFERS)
-            .drop(true)
-            .callbacks(
-                gst_app::AppSinkCallbacks::builder()
-                    .new_sample(move |sink| {
-                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                        if let Some(buffer) = sample.buffer() {
-                            let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                            on_packet(Bytes::copy_from_slice(&map));
-                        }
-                        Ok(gst::FlowSuccess::Ok)
-                    })
-                    .build(),
-            )
-            .build();
+        let appsink = appsink("rtp", RTP_SINK_BUFFERS, move |buffer| {
+            if let Ok(map) = buffer.map_readable() {
+                on_packet(Bytes::copy_from_slice(&map));
+            }
+        });
 
         let chain = [frames.upcast_ref(), &encoder, &h264_caps, &parse, &tee];
         pipeline
