@@ -53,6 +53,9 @@ async fn a_swapped_secret_is_served_without_a_restart() {
     let key = secret.path().join("tls.key");
     let gateway = Gateway::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
     assert_eq!(served_fingerprint(&gateway).await, first);
+    // A real certificate: browsers are told to insist on HTTPS.
+    let page = common::client().get(gateway.url("/player.js")).send().await.unwrap();
+    assert_eq!(page.headers()["strict-transport-security"], "max-age=31536000");
 
     let second = mount_secret(secret.path(), "2026_11_27_02", &["second.example"]);
     assert_ne!(first, second);
