@@ -4,7 +4,11 @@ import { cellSize, decodeStrip, latencyFrom } from './strip.js';
 
 const WEBRTC_FIRST_FRAME_MS = 4000; // auto mode falls back to HLS after this
 const HLS_FIRST_FRAME_MS = 10000;   // HLS needs a playlist + segment first
-const STALL_MS = 3000;              // frames stopped advancing -> reconnect
+const STALL_MS = 2000;              // frames stopped advancing -> reconnect (make before break)
+const STALL_GIVE_UP_MS = 10000;      // neither connection shows video: start over
+const WEBRTC_FAILURES_BEFORE_HLS = 3; // auto mode: WebRTC failures in a row before HLS
+const WEBRTC_RETRY_MS = 30000;        // then WebRTC is tried again after this, doubling
+const WEBRTC_RETRY_MAX_MS = 300000;
 const DISCONNECT_GRACE_MS = 2000;   // ICE "disconnected" may recover by itself
 const BACKOFF_START_MS = 1000;
 const BACKOFF_MAX_MS = 5000;
@@ -49,6 +53,9 @@ let sessionSeq = 0;
 let runSeq = 0;      // newer run() calls supersede older ones still awaiting fetch
 let retryTimer = 0;
 let retryCount = 0;
+let webrtcFailures = 0;  // WebRTC sessions that failed in a row
+let webrtcRetries = 0;   // times WebRTC was tried again after falling back to HLS
+let webrtcRetryTimer = 0;
 let stopped = false; // set on pagehide
 
 // ---------------------------------------------------------------- UI helpers
@@ -126,13 +133,25 @@ function resetVideo() {
 function fail(s, reason) {
   if (!alive(s)) return;
   console.info(`[livegate] ${s.mode} session ${s.id} ended: ${reason}`);
-  if (s.mode === 'WebRTC' && requestedMode === 'auto' && !s.gotFrame) {
+  if (s.mode === 'WebRTC') webrtcFailures++;
+  if (s.mode === 'WebRTC' && requestedMode === 'auto' && (!s.gotFrame || webrtcFailures >= WEBRTC_FAILURES_BEFORE_HLS)) {
     const info = s.info;
     endSession();
     startHls(info, `WebRTC unavailable (${reason})`);
+    retryWebRtcLater();
     return;
   }
   scheduleRetry(reason);
+}
+
+/** In auto mode on HLS because WebRTC failed: try WebRTC again, less often each time. */
+function retryWebRtcLater() {
+  clearTimeout(webrtcRetryTimer);
+  const delay = Math.min(WEBRTC_RETRY_MAX_MS, WEBRTC_RETRY_MS * 2 ** webrtcRetries);
+  webrtcRetries++;
+  webrtcRetryTimer = setTimeout(() => {
+    if (session && session.mode === 'HLS') restart('trying WebRTC again');
+  }, delay);
 }
 
 function denyAccess(reason) {
@@ -233,28 +252,20 @@ function wsUrl(info) {
   return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
 }
 
-async function startWebRtc(info, iceConfig) {
-  const s = newSession('WebRTC', info);
-  setState('connecting');
-  resetVideo();
-  startWatchdog(s, WEBRTC_FIRST_FRAME_MS);
-
-  const cfg = await iceConfig;
-  const iceServers = Array.isArray(cfg.iceServers) ? cfg.iceServers : [];
-  if (!alive(s)) return;
-
-  let pc;
-  let ws;
-  try {
-    pc = new RTCPeerConnection({ iceServers });
-    ws = new WebSocket(wsUrl(info));
-  } catch (e) {
-    if (pc) pc.close();
-    fail(s, `setup: ${e.message}`);
-    return;
-  }
+/**
+ * One WebRTC connection to a stream: a PeerConnection signalled over the WebSocket. Reports
+ * through `on.track(stream)`, `on.connected()`, `on.denied(message)` and `on.fail(reason)`;
+ * `close()` ends it. Knows nothing of sessions or the page.
+ */
+function openWebRtc(info, iceServers, on) {
+  const pc = new RTCPeerConnection({ iceServers });
+  const ws = new WebSocket(wsUrl(info));
+  let closed = false;
   let disconnectTimer = 0;
-  s.cleanups.push(() => {
+  const fail = (reason) => { if (!closed) on.fail(reason); };
+  const close = () => {
+    if (closed) return;
+    closed = true;
     clearTimeout(disconnectTimer);
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     // Closing a still-connecting socket logs a browser error; close once open instead.
@@ -262,8 +273,7 @@ async function startWebRtc(info, iceConfig) {
     else if (ws.readyState === WebSocket.OPEN) ws.close(1000, 'bye');
     pc.ontrack = pc.onicecandidate = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
     pc.close();
-    resetVideo();
-  });
+  };
 
   const send = (msg) => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); };
   let offerSent = false;
@@ -271,13 +281,7 @@ async function startWebRtc(info, iceConfig) {
   const remoteCandidates = []; // received before the answer was applied
 
   pc.addTransceiver('video', { direction: 'recvonly' });
-
-  pc.ontrack = (e) => {
-    if (!alive(s)) return;
-    video.srcObject = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
-    playVideo(s);
-  };
-
+  pc.ontrack = (e) => { if (!closed) on.track(e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track])); };
   pc.onicecandidate = (e) => {
     if (!e.candidate || !e.candidate.candidate) return; // end of gathering
     const msg = {
@@ -288,20 +292,19 @@ async function startWebRtc(info, iceConfig) {
     };
     if (offerSent) send(msg); else localCandidates.push(msg);
   };
-
   const onPcState = () => {
-    if (!alive(s)) return;
+    if (closed) return;
     const st = pc.connectionState || pc.iceConnectionState;
-    if (st === 'failed') fail(s, 'connection failed');
+    if (st === 'failed') fail('connection failed');
     else if (st === 'disconnected') {
       clearTimeout(disconnectTimer);
       disconnectTimer = setTimeout(() => {
         const now = pc.connectionState || pc.iceConnectionState;
-        if (now === 'disconnected' || now === 'failed') fail(s, 'connection lost');
+        if (now === 'disconnected' || now === 'failed') fail('connection lost');
       }, DISCONNECT_GRACE_MS);
     } else if (st === 'connected') {
       clearTimeout(disconnectTimer);
-      if (!s.gotFrame) setState('connected, waiting for video', 'connecting');
+      on.connected();
     }
   };
   pc.onconnectionstatechange = onPcState;
@@ -311,16 +314,15 @@ async function startWebRtc(info, iceConfig) {
     pc.addIceCandidate({ candidate: m.candidate, sdpMid: m.sdpMid, sdpMLineIndex: m.sdpMLineIndex })
       .catch((e) => console.debug('[livegate] addIceCandidate', e.message));
   };
-
   ws.onmessage = async (ev) => {
-    if (!alive(s)) return;
+    if (closed) return;
     let msg;
     try { msg = JSON.parse(ev.data); } catch (_) { console.debug('[livegate] non-JSON signalling message'); return; }
     if (msg.type === 'answer') {
       try {
         await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
       } catch (e) {
-        fail(s, `bad answer: ${e.message}`);
+        fail(`bad answer: ${e.message}`);
         return;
       }
       remoteCandidates.splice(0).forEach(addRemoteCandidate);
@@ -329,35 +331,101 @@ async function startWebRtc(info, iceConfig) {
       if (pc.remoteDescription) addRemoteCandidate(msg); else remoteCandidates.push(msg);
     } else if (msg.type === 'error') {
       const message = msg.message || 'error';
-      if (message.startsWith(DENIED_PREFIX)) denyAccess(message);
-      else fail(s, `server: ${message}`);
+      if (message.startsWith(DENIED_PREFIX)) { closed = true; on.denied(message); } else fail(`server: ${message}`);
     } else {
       console.debug('[livegate] ignoring signalling message', msg.type);
     }
   };
-  ws.onerror = () => fail(s, 'signalling error');
-  ws.onclose = (ev) => fail(s, `signalling closed${ev.code ? ` (${ev.code})` : ''}`);
+  ws.onerror = () => fail('signalling error');
+  ws.onclose = (ev) => fail(`signalling closed${ev.code ? ` (${ev.code})` : ''}`);
 
-  try {
-    // Create the offer while the socket connects; it carries no candidates,
-    // they are trickled afterwards.
-    const opened = new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      s.cleanups.push(() => reject(new Error('closed')));
-    });
-    opened.catch(() => {}); // may reject before it is awaited; avoid an unhandled rejection
+  (async () => {
+    // Create the offer while the socket connects; it carries no candidates, they are trickled.
+    const opened = new Promise((resolve) => { ws.onopen = resolve; });
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     await opened;
-    if (!alive(s)) return;
+    if (closed) return;
     // The token goes in the first message rather than the URL, which proxies may log.
     if (accessToken) send({ type: 'auth', token: accessToken });
     send({ type: 'offer', sdp: offer.sdp });
     offerSent = true;
     localCandidates.splice(0).forEach(send);
-  } catch (e) {
-    fail(s, `offer: ${e.message}`);
+  })().catch((e) => fail(`offer: ${e.message}`));
+
+  return { pc, close };
+}
+
+/** Frames the connection's video receiver has decoded (0 before any). */
+async function framesDecoded(pc) {
+  for (const r of (await pc.getStats()).values()) {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') return r.framesDecoded || 0;
   }
+  return 0;
+}
+
+async function startWebRtc(info, iceConfig) {
+  const s = newSession('WebRTC', info);
+  setState('connecting');
+  resetVideo();
+  startWatchdog(s, WEBRTC_FIRST_FRAME_MS);
+
+  const cfg = await iceConfig;
+  s.iceServers = Array.isArray(cfg.iceServers) ? cfg.iceServers : [];
+  if (!alive(s)) return;
+  try {
+    s.conn = openWebRtc(info, s.iceServers, {
+      track: (stream) => { if (alive(s)) { video.srcObject = stream; playVideo(s); } },
+      connected: () => { if (alive(s) && !s.gotFrame) setState('connected, waiting for video', 'connecting'); },
+      denied: denyAccess,
+      // While a second connection is being made, the first may die: the second decides.
+      fail: (reason) => { if (!s.standby) fail(s, reason); },
+    });
+  } catch (e) {
+    fail(s, `setup: ${e.message}`);
+    return;
+  }
+  s.cleanups.push(() => { s.conn.close(); closeStandby(s); resetVideo(); });
+}
+
+/**
+ * Make before break: a stalled WebRTC session opens a second connection while the first stays
+ * up. Whichever shows video first wins: the old one when the network comes back (ICE survives a
+ * few seconds of blackout), the new one when the old is gone for good.
+ */
+function reconnectBehind(s) {
+  if (s.standby || !s.conn) return;
+  setState('reconnecting (video stalled)', 'reconnecting');
+  let stream = null;
+  const standby = openWebRtc(s.info, s.iceServers || [], {
+    track: (st) => { stream = st; },
+    connected: () => {},
+    denied: denyAccess,
+    fail: (reason) => { console.info(`[livegate] standby connection ended: ${reason}`); closeStandby(s); },
+  });
+  const poll = setInterval(async () => {
+    if (!alive(s) || s.standby !== standby) return;
+    if (stream && (await framesDecoded(standby.pc).catch(() => 0)) > 0 && s.standby === standby) {
+      console.info('[livegate] switched to the new connection');
+      clearInterval(poll);
+      const old = s.conn;
+      s.conn = standby;
+      s.standby = null;
+      video.srcObject = stream;
+      playVideo(s);
+      s.lastFrameAt = performance.now();
+      setState('playing');
+      old.close();
+    }
+  }, 100);
+  s.standby = standby;
+  s.standbyPoll = poll;
+}
+
+function closeStandby(s) {
+  clearInterval(s.standbyPoll);
+  if (s.standby) s.standby.close();
+  s.standby = null;
 }
 
 // --------------------------------------------------------------------- HLS
@@ -427,6 +495,7 @@ async function startHls(info, why) {
     fragLoadingMaxRetry: 2,
     debug: false,
   });
+  s.hls = hls;
   s.cleanups.push(() => { hls.destroy(); resetVideo(); });
   hls.on(Hls.Events.ERROR, (_evt, data) => {
     if (!alive(s)) return;
@@ -465,14 +534,22 @@ function startWatchdog(s, firstFrameMs) {
     const now = performance.now();
     if (!s.gotFrame) {
       if (now - s.startedAt > firstFrameMs) fail(s, `no video within ${firstFrameMs / 1000} s`);
-    } else if (now - s.lastFrameAt > STALL_MS) {
+    } else if (now - s.lastFrameAt <= STALL_MS) {
+      if (s.standby) { closeStandby(s); setState('playing'); } // the first connection came back
+    } else if (s.mode !== 'WebRTC' || now - s.lastFrameAt > STALL_GIVE_UP_MS) {
       fail(s, 'video stalled');
+    } else {
+      reconnectBehind(s);
     }
   }, 250);
   s.cleanups.push(() => clearInterval(timer));
 }
 
 document.addEventListener('visibilitychange', () => {
+  // A tab back from the background plays live, not from what HLS buffered meanwhile.
+  if (!document.hidden && session && session.hls && Number.isFinite(session.hls.liveSyncPosition)) {
+    video.currentTime = session.hls.liveSyncPosition;
+  }
   // Frames don't advance while hidden: restart the clocks rather than reconnect.
   if (!document.hidden && session) {
     const now = performance.now();
@@ -507,6 +584,7 @@ function onFrame(nowPerf, meta) {
     if (!s.gotFrame) {
       s.gotFrame = true;
       retryCount = 0; // healthy again: next failure starts the backoff afresh
+      if (s.mode === 'WebRTC') { webrtcFailures = 0; webrtcRetries = 0; }
       setState('playing');
       console.info(`[livegate] ${s.mode} playing ${s.info.name}`);
     }
@@ -612,6 +690,7 @@ window.addEventListener('pagehide', () => {
   // Close the PeerConnection and WebSocket so the server frees the viewer slot.
   stopped = true;
   clearTimeout(retryTimer);
+  clearTimeout(webrtcRetryTimer);
   endSession();
 });
 window.addEventListener('pageshow', (e) => {

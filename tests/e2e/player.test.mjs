@@ -415,3 +415,35 @@ test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps pl
     await gw.stop();
   }
 });
+
+test('11. a 3 s network blackout: the WebRTC page resumes within 1 s of the network coming back', async () => {
+  const gw = await gateway({ name: 'blackout' }).start();
+  const { context } = await newContext(browser, gw.origin);
+  // Everything the namespace's loopback carries, TCP included (the browser is driven over a pipe).
+  const rule = ['INPUT', '-j', 'DROP'];
+  let dark = false;
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${gw.origin}/?mode=webrtc`);
+    await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
+    execFileSync('iptables', ['-A', ...rule]);
+    dark = true;
+    await sleep(3000);
+    const framesThen = await page.evaluate(() => window.__e2e.frames);
+    execFileSync('iptables', ['-D', ...rule]);
+    dark = false;
+    const back = Date.now();
+    await page.waitForFunction((n) => window.__e2e.frames >= n + 5, framesThen, { timeout: 10000, polling: 20 });
+    const resumedMs = Date.now() - back;
+    await waitPlaying(page, 'WebRTC', Date.now() + 5000, back);
+    results.blackout = { resumedMs };
+    log(`3 s blackout: frames again ${resumedMs} ms after the network came back`);
+    assert.ok(resumedMs <= 1000, `resumed ${resumedMs} ms after the network came back`);
+    await assertAdvancing(page, { ms: 1000 });
+  } finally {
+    if (dark) execFileSync('iptables', ['-D', ...rule]);
+    await context.close();
+    await gw.stop();
+  }
+});
