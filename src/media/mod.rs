@@ -311,6 +311,8 @@ impl MediaStream {
                     if from != generation {
                         continue;
                     }
+                    // Frames it queued before it ended are stale now: a new generation ignores them.
+                    generation += 1;
                     stop_capture(capture.take()).await;
                     match outcome {
                         // A file that played to its end loops: start it again at once.
@@ -354,6 +356,7 @@ impl MediaStream {
                     let silent_restart = monitor.wants_slate()
                         && capture.as_ref().is_some_and(|(_, started)| now.duration_since(*started) > signal::FIRST_FRAME_GRACE);
                     if stalled || silent_restart {
+                        generation += 1;
                         stop_capture(capture.take()).await;
                         next_attempt = Some(self.reconnect_at(&monitor, &mut slow_attempts));
                     }

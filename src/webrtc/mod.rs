@@ -378,7 +378,29 @@ impl WebRtc {
 
     /// Answers a viewer's offer. The answer carries every candidate gathered within a short
     /// wait (all of them, for host candidates); later ones arrive as `PeerEvent::Candidate`.
+    ///
+    /// The work runs in a task of its own, so a client that hangs up mid-answer cannot cancel
+    /// it halfway (a peer dropped while binding keeps its socket); its viewer is closed at once.
     pub async fn answer(
+        self: &Arc<Self>,
+        stream: &str,
+        feed: Arc<dyn Feed>,
+        offer_sdp: String,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(Arc<Viewer>, String), WebRtcError> {
+        let (answered, answer) = tokio::sync::oneshot::channel();
+        let (this, stream) = (self.clone(), stream.to_owned());
+        tokio::spawn(async move {
+            let result = this.answer_now(&stream, feed, offer_sdp, events).await;
+            if let Err(Ok((viewer, _))) = answered.send(result) {
+                tracing::debug!(viewer = %viewer.id, "the client left before its answer; closing");
+                viewer.close();
+            }
+        });
+        answer.await.map_err(|_| setup("the answer task ended without an answer"))?
+    }
+
+    async fn answer_now(
         &self,
         stream: &str,
         feed: Arc<dyn Feed>,
@@ -396,8 +418,7 @@ impl WebRtc {
         });
 
         let (peer, port) = self.bind_peer(handler).await?;
-        // Closes the peer on every way out, including this future being dropped because the
-        // client hung up mid-answer: an unclosed peer keeps its UDP socket bound.
+        // Closes the peer on every way out: an unclosed peer keeps its UDP socket bound.
         let guard = PeerGuard(Some(peer.clone()));
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
         let (track, answer) = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await?;
