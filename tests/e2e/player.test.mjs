@@ -376,20 +376,37 @@ test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe 
   }
 });
 
-test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps playing on NACKs, ≥ 95 % of frames, p95 ≤ 150 ms', async () => {
-  const seconds = 20;
-  const gw = await gateway({ name: 'lossy' }).start();
-  const { context } = await newContext(browser, gw.origin, { initScripts: [KEEP_PEER_CONNECTIONS] });
-  // Inside scripts/netns-run, so only this namespace's loopback loses packets.
-  const rule = ['INPUT', '-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', '0.02', '-j', 'DROP'];
-  let dropping = false;
+/**
+ * Runs `fn(page, iptables)` on a page playing WebRTC from a fresh gateway. `iptables.add()` puts
+ * `rule` in this namespace's INPUT chain (scripts/netns-run: only the test's own loopback is
+ * touched), `iptables.remove()` takes it out; it is taken out in any case at the end.
+ */
+async function withWebRtcPageAndRule(name, rule, { initScripts = [] }, fn) {
+  const gw = await gateway({ name }).start();
+  const { context } = await newContext(browser, gw.origin, { initScripts });
+  let added = false;
+  const iptables = {
+    add: () => { execFileSync('iptables', ['-A', 'INPUT', ...rule]); added = true; },
+    remove: () => { execFileSync('iptables', ['-D', 'INPUT', ...rule]); added = false; },
+  };
   try {
     const page = await context.newPage();
     const t0 = Date.now();
     await page.goto(`${gw.origin}/?mode=webrtc`);
     await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
-    execFileSync('iptables', ['-A', ...rule]);
-    dropping = true;
+    await fn(page, iptables);
+  } finally {
+    if (added) iptables.remove();
+    await context.close();
+    await gw.stop();
+  }
+}
+
+test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps playing on NACKs, ≥ 95 % of frames, p95 ≤ 150 ms', async () => {
+  const seconds = 20;
+  const loss = ['-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', '0.02', '-j', 'DROP'];
+  await withWebRtcPageAndRule('lossy', loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables) => {
+    iptables.add();
     const before = await inboundVideo(page);
     const since = await page.evaluate(() => performance.now());
     await sleep(seconds * 1000);
@@ -409,30 +426,16 @@ test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps pl
     // when a packet stayed lost after its NACKs. That is the next step of issue 8 §3.
     assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
     assert.ok(figures.p95 <= 150, `glass-to-glass p95 ${figures.p95} ms`);
-  } finally {
-    if (dropping) execFileSync('iptables', ['-D', ...rule]);
-    await context.close();
-    await gw.stop();
-  }
+  });
 });
 
 test('11. a 3 s network blackout: the WebRTC page resumes within 1 s of the network coming back', async () => {
-  const gw = await gateway({ name: 'blackout' }).start();
-  const { context } = await newContext(browser, gw.origin);
   // Everything the namespace's loopback carries, TCP included (the browser is driven over a pipe).
-  const rule = ['INPUT', '-j', 'DROP'];
-  let dark = false;
-  try {
-    const page = await context.newPage();
-    const t0 = Date.now();
-    await page.goto(`${gw.origin}/?mode=webrtc`);
-    await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
-    execFileSync('iptables', ['-A', ...rule]);
-    dark = true;
+  await withWebRtcPageAndRule('blackout', ['-j', 'DROP'], {}, async (page, iptables) => {
+    iptables.add();
     await sleep(3000);
     const framesThen = await page.evaluate(() => window.__e2e.frames);
-    execFileSync('iptables', ['-D', ...rule]);
-    dark = false;
+    iptables.remove();
     const back = Date.now();
     await page.waitForFunction((n) => window.__e2e.frames >= n + 5, framesThen, { timeout: 10000, polling: 20 });
     const resumedMs = Date.now() - back;
@@ -441,9 +444,5 @@ test('11. a 3 s network blackout: the WebRTC page resumes within 1 s of the netw
     log(`3 s blackout: frames again ${resumedMs} ms after the network came back`);
     assert.ok(resumedMs <= 1000, `resumed ${resumedMs} ms after the network came back`);
     await assertAdvancing(page, { ms: 1000 });
-  } finally {
-    if (dark) execFileSync('iptables', ['-D', ...rule]);
-    await context.close();
-    await gw.stop();
-  }
+  });
 });
