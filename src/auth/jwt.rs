@@ -144,7 +144,8 @@ enum JwksSource {
     Url { url: JwksUrl, client: reqwest::Client },
 }
 
-/// A cached JWKS and where it comes from.
+/// A cached JWKS and where it comes from; clones share the cache.
+#[derive(Clone)]
 struct Jwks {
     source: Arc<JwksSource>,
     keys: Arc<RwLock<JwkSet>>,
@@ -199,8 +200,7 @@ impl Jwks {
             last_fetch: Arc::new(tokio::sync::Mutex::new(None)),
         };
         jwks.refetch(Duration::ZERO).await;
-        let refresher =
-            Jwks { source: jwks.source.clone(), keys: jwks.keys.clone(), last_fetch: jwks.last_fetch.clone() };
+        let refresher = jwks.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {

@@ -297,12 +297,13 @@ impl MediaStream {
                     if from != generation {
                         continue;
                     }
+                    let was_live = monitor.signal() == &signal::Signal::Live;
                     if let Change::Restored { after } = monitor.frame(Instant::now()) {
                         tracing::info!(stream = %self.name, after_s = after.as_secs_f32(), "signal back; switching from the slate to the source");
                         encoder.request_keyframe();
                         slow_attempts = 0;
                     }
-                    if self.status().state != StreamState::Playing {
+                    if !was_live {
                         self.set_status(StreamState::Playing, None);
                     }
                     encoder.push(frame);
@@ -341,11 +342,8 @@ impl MediaStream {
                     }
                 }
                 _ = slate_tick.tick(), if monitor.wants_slate() => {
-                    let lost_for = match monitor.signal() {
-                        signal::Signal::Lost { since, .. } => since.elapsed(),
-                        _ => Duration::ZERO,
-                    };
-                    encoder.push(i420_buffer(&slate_info, &slate.frame(lost_for, strip::unix_now_ms())));
+                    let frame = slate.frame(monitor.lost_for(Instant::now()), strip::unix_now_ms());
+                    encoder.push(i420_buffer(&slate_info, &frame));
                 }
                 _ = check_tick.tick() => {
                     let now = Instant::now();
@@ -378,10 +376,7 @@ impl MediaStream {
 
     /// When to try the source again, counting attempts after the fast phase.
     fn reconnect_at(&self, monitor: &SignalMonitor, slow_attempts: &mut u32) -> tokio::time::Instant {
-        let lost_for = match monitor.signal() {
-            signal::Signal::Lost { since, .. } => since.elapsed(),
-            _ => Duration::ZERO,
-        };
+        let lost_for = monitor.lost_for(Instant::now());
         if lost_for >= signal::RECONNECT_FAST_FOR {
             *slow_attempts += 1;
         }

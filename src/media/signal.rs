@@ -60,6 +60,14 @@ impl SignalMonitor {
         &self.signal
     }
 
+    /// How long the signal has been lost (zero unless it is).
+    pub fn lost_for(&self, now: Instant) -> Duration {
+        match self.signal {
+            Signal::Lost { since, .. } => now.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// True while viewers should see the slate: the signal is lost, or never came.
     pub fn wants_slate(&self) -> bool {
         matches!(self.signal, Signal::Lost { .. })
@@ -133,7 +141,9 @@ mod tests {
         assert!(monitor.wants_slate());
         assert_eq!(monitor.check(at(9000)), Change::None, "a loss is reported once");
         assert_eq!(monitor.failed(at(9100), "refused".into()), Change::None);
+        assert_eq!(monitor.lost_for(at(8700)), Duration::from_secs(5));
         assert_eq!(monitor.frame(at(13700)), Change::Restored { after: Duration::from_secs(10) });
+        assert_eq!(monitor.lost_for(at(14000)), Duration::ZERO);
         assert!(!monitor.wants_slate());
         assert!(matches!(monitor.failed(at(14000), "EOS".into()), Change::Lost { .. }));
     }
