@@ -51,11 +51,7 @@ pub async fn offer(
     // WHEP answers carry every candidate, so trickled ones have no one to go to.
     let (events, _) = mpsc::unbounded_channel();
     let (viewer, answer) = signalling.webrtc.answer(&stream, feed, offer, events).await?;
-    let settling = viewer.clone();
-    tokio::spawn(async move {
-        settling.settled().await;
-        drop(pending);
-    });
+    viewer.hold_until_settled(pending);
     let location = format!("/whep/{stream}/{}", viewer.id);
     let mut response = (
         StatusCode::CREATED,

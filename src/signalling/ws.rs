@@ -195,11 +195,7 @@ pub async fn run<W, R, E>(
                 }
                 if let (true, Some(viewer)) = (answered, &connection.viewer) {
                     viewer.answer_sent().await;
-                    let (viewer, pending) = (viewer.clone(), connection.pending.take());
-                    tokio::spawn(async move {
-                        viewer.settled().await;
-                        drop(pending);
-                    });
+                    viewer.hold_until_settled(connection.pending.take());
                 }
             }
             Ok(None) => {}

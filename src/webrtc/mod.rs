@@ -209,9 +209,14 @@ impl Viewer {
         }
     }
 
-    /// Completes when the viewer is connected or gone.
-    pub async fn settled(&self) {
-        self.settled.cancelled().await;
+    /// Keeps `held` (a place among a client's unconnected sessions, say) until the viewer is
+    /// connected or gone.
+    pub fn hold_until_settled(self: &Arc<Self>, held: impl Send + 'static) {
+        let settled = self.settled.clone();
+        tokio::spawn(async move {
+            settled.cancelled().await;
+            drop(held);
+        });
     }
 
     /// Ends the session; the viewer's task closes the peer and frees its slot and port.
