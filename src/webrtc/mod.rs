@@ -2,9 +2,9 @@
 //! is one peer connection with one H.264 track of its own, fed from a shared broadcast channel.
 
 pub mod candidates;
+pub mod feedback;
 pub mod forward;
 pub mod h264;
-pub mod keyframe_requests;
 pub mod ports;
 
 use std::collections::HashMap;
@@ -344,7 +344,7 @@ impl WebRtc {
             .with(Slot::NackResponder, NackResponderBuilder::new().with_size(NACK_HISTORY).build())
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
             // Last in the chain, after the interceptors that act on reports and NACKs.
-            .with(Slot::from(14_000), keyframe_requests::KeyframeRequests::default());
+            .with(Slot::from(14_000), feedback::Feedback::default());
         let peer = PeerConnectionBuilder::new()
             .with_media_engine(self.engine.clone())
             .with_interceptor_registry(registry)
@@ -480,7 +480,8 @@ impl WebRtc {
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
         tracing::debug!(waited_ms = gathering.elapsed().as_millis() as u64, "local candidates gathered");
         let local = peer.local_description().await.ok_or_else(|| setup("no local description"))?;
-        Ok((OwnTrack { track, ssrc }, rewrite_host_candidates(&local.sdp, self.settings.public_ip)))
+        let answer = ask_for_reference_times(&rewrite_host_candidates(&local.sdp, self.settings.public_ip));
+        Ok((OwnTrack { track, ssrc }, answer))
     }
 
     /// Closes every viewer and waits until their tasks have ended, or `SHUTDOWN_GRACE` passed.
@@ -534,6 +535,20 @@ pub fn rewrite_host_candidates(sdp: &str, public_ip: Option<IpAddr>) -> String {
                 let ip = ip.to_string();
                 fields[4] = &ip;
                 format!("{}{}", fields.join(" "), &line[line.trim_end().len()..])
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect()
+}
+
+/// Adds `a=rtcp-xr:rcvr-rtt=all` to each media section, so browsers send the reference times
+/// `feedback` answers (they offer it, and use it only if the answer has it too).
+fn ask_for_reference_times(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            if line.starts_with("a=mid:") {
+                format!("{}\r\n{line}", feedback::RECEIVER_RTT_ATTRIBUTE)
             } else {
                 line.to_owned()
             }
@@ -641,7 +656,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
 async fn forward_keyframe_requests(track: Arc<TrackLocalStaticRTP>, feed: Arc<dyn Feed>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            if packets.iter().any(|p| keyframe_requests::is_keyframe_request(p.as_ref())) {
+            if packets.iter().any(|p| feedback::is_keyframe_request(p.as_ref())) {
                 feed.request_keyframe();
             }
         }

@@ -337,17 +337,22 @@ const KEEP_PEER_CONNECTIONS = `(() => {
   window.RTCPeerConnection.prototype = PC.prototype;
 })();`;
 
-/** Chromium's counters for the video it received on the page's last PeerConnection. */
+/**
+ * Chromium's counters for the video it received on the page's last PeerConnection, and the
+ * round-trip time it measured (RFC 3611 receiver reference times, answered by the gateway).
+ */
 async function inboundVideo(page) {
   return page.evaluate(async () => {
     const pc = window.__pcs[window.__pcs.length - 1];
-    for (const r of (await pc.getStats()).values()) {
-      if (r.type === 'inbound-rtp' && r.kind === 'video') {
-        const { keyFramesDecoded, framesDecoded, framesDropped, pliCount, firCount, nackCount, freezeCount, packetsLost } = r;
-        return { keyFramesDecoded, framesDecoded, framesDropped, pliCount, firCount, nackCount, freezeCount, packetsLost };
-      }
-    }
-    return null;
+    const stats = [...(await pc.getStats()).values()];
+    const r = stats.find((s) => s.type === 'inbound-rtp' && s.kind === 'video');
+    if (!r) return null;
+    const remote = stats.find((s) => s.type === 'remote-outbound-rtp' && s.kind === 'video');
+    const { keyFramesDecoded, framesDecoded, framesDropped, pliCount, firCount, nackCount, freezeCount, totalFreezesDuration, packetsLost } = r;
+    return {
+      keyFramesDecoded, framesDecoded, framesDropped, pliCount, firCount, nackCount, freezeCount, totalFreezesDuration, packetsLost,
+      roundTripTime: remote?.roundTripTime,
+    };
   });
 }
 
@@ -402,31 +407,44 @@ async function withWebRtcPageAndRule(name, rule, { initScripts = [] }, fn) {
   }
 }
 
-test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps playing on NACKs, ≥ 95 % of frames, p95 ≤ 150 ms', async () => {
-  const seconds = 20;
-  const loss = ['-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', '0.02', '-j', 'DROP'];
-  await withWebRtcPageAndRule('lossy', loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables) => {
+/**
+ * Plays WebRTC for `seconds` with `probability` of UDP packets dropped both ways, and returns
+ * what Chromium and the page saw over that time.
+ */
+async function playThroughLoss(name, probability, seconds) {
+  const loss = ['-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', String(probability), '-j', 'DROP'];
+  let figures;
+  await withWebRtcPageAndRule(name, loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables) => {
     iptables.add();
     const before = await inboundVideo(page);
-    const since = await page.evaluate(() => performance.now());
+    const since = await page.evaluate(() => { window.__e2e.longestGap = 0; return performance.now(); });
     await sleep(seconds * 1000);
     const after = await inboundVideo(page);
-    const latencies = await page.evaluate((t) => window.__e2e.samples.filter((s) => s.t >= t && s.latency !== null).map((s) => s.latency), since);
+    const { latencies, longestGapMs } = await page.evaluate((t) => ({
+      latencies: window.__e2e.samples.filter((s) => s.t >= t && s.latency !== null).map((s) => s.latency),
+      longestGapMs: Math.round(window.__e2e.longestGap),
+    }), since);
     latencies.sort((a, b) => a - b);
     const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
     const delta = (k) => after[k] - before[k];
-    const figures = {
-      seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
-      freezes: delta('freezeCount'), packetsLost: delta('packetsLost'), p50: pct(0.5), p95: pct(0.95),
+    figures = {
+      loss: probability, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
+      freezes: delta('freezeCount'), freezeSeconds: Number(delta('totalFreezesDuration').toFixed(3)), packetsLost: delta('packetsLost'),
+      longestGapMs, p50: pct(0.5), p95: pct(0.95), rttMs: after.roundTripTime === undefined ? null : after.roundTripTime * 1000,
     };
-    results.loss2 = figures;
-    log(`2 % loss over ${seconds} s: ${JSON.stringify(figures)}`);
-    assert.ok(figures.nacks > 0, 'losses are repaired with NACKs');
-    // Freezes are logged, not yet held to issue 8's target (≤ 2 a minute): runs here saw 0, 0 and 2 in 20 s, the 2
-    // when a packet stayed lost after its NACKs. That is the next step of issue 8 §3.
-    assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
-    assert.ok(figures.p95 <= 150, `glass-to-glass p95 ${figures.p95} ms`);
   });
+  log(`${probability * 100} % loss over ${seconds} s: ${JSON.stringify(figures)}`);
+  return figures;
+}
+
+test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps playing on NACKs, ≤ 2 freezes a minute, p95 ≤ 150 ms', async () => {
+  const seconds = 30;
+  const figures = results.loss2 = await playThroughLoss('loss-2', 0.02, seconds);
+  assert.ok(figures.nacks > 0, 'losses are repaired with NACKs');
+  assert.ok(figures.freezes <= (2 * seconds) / 60, `${figures.freezes} freezes in ${seconds} s`);
+  assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
+  assert.ok(figures.p95 <= 150, `glass-to-glass p95 ${figures.p95} ms`);
+  assert.ok(figures.rttMs !== null, 'Chromium measured the round trip (the gateway answers its reference times)');
 });
 
 test('11. a 3 s network blackout: the WebRTC page resumes within 1 s of the network coming back', async () => {
@@ -445,4 +463,11 @@ test('11. a 3 s network blackout: the WebRTC page resumes within 1 s of the netw
     assert.ok(resumedMs <= 1000, `resumed ${resumedMs} ms after the network came back`);
     await assertAdvancing(page, { ms: 1000 });
   });
+});
+
+test('12. a very lossy network: 10 % of UDP packets dropped both ways; ≥ 95 % of frames shown, never a stop over 1 s', async () => {
+  const seconds = 30;
+  const figures = results.loss10 = await playThroughLoss('loss-10', 0.10, seconds);
+  assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
+  assert.ok(figures.longestGapMs <= 1000, `the picture stopped for ${figures.longestGapMs} ms`);
 });

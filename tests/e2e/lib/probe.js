@@ -44,6 +44,7 @@
 
   const probe = (window.__e2e = {
     frames: 0,          // frames presented (rVFC callbacks, counting coalesced ones)
+    longestGap: 0,      // longest time between two presented frames, ms (a test may reset it)
     decoded: 0,         // frames whose strip decoded
     samples: [],        // ring: {t, w, h, mediaTime, value, latency}
     comparisons: [],    // each time the page's #latency text changed: {t, displayed, mine, n}
@@ -61,11 +62,14 @@
     const ctx = canvas.getContext('2d', { willReadFrequently: true });
     let handle = 0;
     let lastPresented = null;
+    let lastFrameAt = 0;
     const onFrame = (now, meta) => {
       handle = video.requestVideoFrameCallback(onFrame);
       let n = 1;
       if (lastPresented !== null && meta.presentedFrames > lastPresented) n = meta.presentedFrames - lastPresented;
       lastPresented = meta.presentedFrames;
+      if (probe.frames > 0) probe.longestGap = Math.max(probe.longestGap, now - lastFrameAt);
+      lastFrameAt = now;
       probe.frames += n;
       const w = meta.width;
       const h = meta.height;

@@ -1,0 +1,130 @@
+//! An interceptor for what viewers' RTCP asks of us, beyond the NACKs and reports that
+//! webrtc-rs's own interceptors handle:
+//!
+//! - PLI and FIR are let through to the application (inbound RTCP stops at the end of the chain
+//!   unless an interceptor marks it for delivery), which asks the encoder for a keyframe.
+//! - RFC 3611 receiver reference times (RRTR) are answered at once with a DLRR block. A viewer
+//!   only receives, so without this it never learns the round-trip time: Chromium then assumes
+//!   100 ms, waits that long before asking again for a retransmission that was itself lost,
+//!   and a frame waiting on it freezes the picture. Negotiated by `a=rtcp-xr:rcvr-rtt=all`.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rtc::interceptor::{Attribute, AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::extended_report::{DLRRReport, DLRRReportBlock, ExtendedReport, ReceiverReferenceTimeReportBlock};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+use rtc::shared::TransportContext;
+
+/// The SDP attribute (media level) that asks the browser to send receiver reference times.
+pub const RECEIVER_RTT_ATTRIBUTE: &str = "a=rtcp-xr:rcvr-rtt=all";
+
+#[derive(Default)]
+pub struct Feedback {
+    /// Our media SSRC: the sender of the DLRR answers.
+    local_ssrc: u32,
+    inbound: VecDeque<TaggedPacket>,
+    outbound: VecDeque<TaggedPacket>,
+}
+
+pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// The DLRR answer to an extended report's receiver reference times, if it carries any. It
+/// goes out at once, so the delay since the report is zero.
+pub fn answer_reference_times(report: &ExtendedReport, local_ssrc: u32) -> Option<ExtendedReport> {
+    let reports: Vec<DLRRReport> = report
+        .reports
+        .iter()
+        .filter_map(|block| block.as_any().downcast_ref::<ReceiverReferenceTimeReportBlock>())
+        // The middle 32 bits of the 64-bit NTP time, as RFC 3611 § 4.5 has it.
+        .map(|rrtr| DLRRReport { ssrc: report.sender_ssrc, last_rr: (rrtr.ntp_timestamp >> 16) as u32, dlrr: 0 })
+        .collect();
+    (!reports.is_empty())
+        .then(|| ExtendedReport { sender_ssrc: local_ssrc, reports: vec![Box::new(DLRRReportBlock { reports })] })
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for Feedback {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Error> {
+        if let Packet::Rtcp(packets) = &message.message.packet {
+            for report in packets.iter().filter_map(|p| p.as_any().downcast_ref::<ExtendedReport>()) {
+                if let Some(answer) = answer_reference_times(report, self.local_ssrc) {
+                    self.outbound.push_back(TaggedPacket {
+                        now: message.now,
+                        transport: TransportContext::default(),
+                        message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(answer)])),
+                    });
+                }
+            }
+            let requests: Vec<_> = packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            // Reports and NACKs were for the interceptors before us; nothing for us to do.
+            if requests.is_empty() {
+                return Ok(());
+            }
+            message.message.packet = Packet::Rtcp(requests);
+            message.message.add(Attribute::DeliverToApplication);
+        }
+        self.inbound.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.inbound.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Error> {
+        self.outbound.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.outbound.pop_front()
+    }
+}
+
+impl Interceptor for Feedback {
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.local_ssrc = info.ssrc;
+    }
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::shared::marshal::{Marshal, Unmarshal};
+
+    #[test]
+    fn answers_a_reference_time_with_its_middle_bits_for_the_reporter() {
+        let report = ExtendedReport {
+            sender_ssrc: 1,
+            reports: vec![Box::new(ReceiverReferenceTimeReportBlock { ntp_timestamp: 0x1122_3344_5566_7788 })],
+        };
+        let answer = answer_reference_times(&report, 0xabcd).expect("an answer");
+        // Through the wire format, as the browser will read it.
+        let wire = answer.marshal().unwrap();
+        let parsed = ExtendedReport::unmarshal(&mut wire.freeze()).unwrap();
+        assert_eq!(parsed.sender_ssrc, 0xabcd);
+        let block = parsed.reports[0].as_any().downcast_ref::<DLRRReportBlock>().expect("a DLRR block");
+        assert_eq!(block.reports, vec![DLRRReport { ssrc: 1, last_rr: 0x3344_5566, dlrr: 0 }]);
+    }
+
+    #[test]
+    fn reports_without_reference_times_need_no_answer() {
+        let report = ExtendedReport { sender_ssrc: 1, reports: vec![] };
+        assert!(answer_reference_times(&report, 2).is_none());
+    }
+}
