@@ -7,8 +7,12 @@
 //!   only receives, so without this it never learns the round-trip time: Chromium then assumes
 //!   100 ms, waits that long before asking again for a retransmission that was itself lost,
 //!   and a frame waiting on it freezes the picture. Negotiated by `a=rtcp-xr:rcvr-rtt=all`.
+//!
+//! Being closest to the application, it also sees each RTP packet the peer's driver takes from
+//! the viewer's task, before NACK retransmissions join: the other side of the send budget.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
@@ -19,15 +23,23 @@ use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use rtc::shared::TransportContext;
 
+use super::budget::InFlight;
+
 /// The SDP attribute (media level) that asks the browser to send receiver reference times.
 pub const RECEIVER_RTT_ATTRIBUTE: &str = "a=rtcp-xr:rcvr-rtt=all";
 
-#[derive(Default)]
 pub struct Feedback {
     /// Our media SSRC: the sender of the DLRR answers.
     local_ssrc: u32,
+    in_flight: Arc<InFlight>,
     inbound: VecDeque<TaggedPacket>,
     outbound: VecDeque<TaggedPacket>,
+}
+
+impl Feedback {
+    pub fn new(in_flight: Arc<InFlight>) -> Feedback {
+        Feedback { local_ssrc: 0, in_flight, inbound: VecDeque::new(), outbound: VecDeque::new() }
+    }
 }
 
 pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -84,6 +96,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Feedback {
     }
 
     fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Error> {
+        if let Packet::Rtp(packet) = &message.message.packet {
+            self.in_flight.taken(packet.payload.len());
+        }
         self.outbound.push_back(message);
         Ok(())
     }

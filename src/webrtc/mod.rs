@@ -1,6 +1,7 @@
 //! WebRTC peers and fan-out, on webrtc-rs. Knows only the RTP packets it is handed: each viewer
 //! is one peer connection with one H.264 track of its own, fed from a shared broadcast channel.
 
+pub mod budget;
 pub mod candidates;
 pub mod feedback;
 pub mod forward;
@@ -37,6 +38,7 @@ use webrtc::peer_connection::{
 
 use crate::config::WebRtcSettings;
 use crate::places::{Place, Places};
+use budget::InFlight;
 use candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
 use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
@@ -165,6 +167,7 @@ pub struct Viewer {
     /// Cancelled once the viewer is connected, or gone without ever connecting.
     settled: CancellationToken,
     remote: Mutex<RemoteCandidates>,
+    in_flight: Arc<InFlight>,
     /// Held from the offer until the viewer is gone.
     _slot: Place<String>,
     _port: PortLease,
@@ -336,7 +339,12 @@ impl WebRtc {
     }
 
     /// A peer connection on `port`, from the engine and settings built once in `new`.
-    async fn build_peer(&self, handler: Arc<Handler>, port: u16) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
+    async fn build_peer(
+        &self,
+        handler: Arc<Handler>,
+        in_flight: Arc<InFlight>,
+        port: u16,
+    ) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
         // Interceptors hold per-connection state, so each peer gets its own chain: only what a
         // sender needs (no NACK generator, TWCC or receiver reports: viewers send us no media).
         let registry = Registry::new()
@@ -344,7 +352,7 @@ impl WebRtc {
             .with(Slot::NackResponder, NackResponderBuilder::new().with_size(NACK_HISTORY).build())
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
             // Last in the chain, after the interceptors that act on reports and NACKs.
-            .with(Slot::from(14_000), feedback::Feedback::default());
+            .with(Slot::from(14_000), feedback::Feedback::new(in_flight));
         let peer = PeerConnectionBuilder::new()
             .with_media_engine(self.engine.clone())
             .with_interceptor_registry(registry)
@@ -359,7 +367,11 @@ impl WebRtc {
 
     /// A peer on a free port of the range. The range may overlap the kernel's ephemeral ports,
     /// so another program can hold one: such a port fails to bind and is skipped.
-    async fn bind_peer(&self, handler: Arc<Handler>) -> Result<(Arc<dyn PeerConnection>, PortLease), WebRtcError> {
+    async fn bind_peer(
+        &self,
+        handler: Arc<Handler>,
+        in_flight: Arc<InFlight>,
+    ) -> Result<(Arc<dyn PeerConnection>, PortLease), WebRtcError> {
         // Held until we are done, so the pool does not hand the same busy port out again.
         let mut unusable = Vec::new();
         for _ in 0..BIND_ATTEMPTS {
@@ -367,7 +379,7 @@ impl WebRtc {
                 total: self.settings.ports.len(),
                 range: self.settings.ports.to_string(),
             })?;
-            match self.build_peer(handler.clone(), port.port).await {
+            match self.build_peer(handler.clone(), in_flight.clone(), port.port).await {
                 Ok(peer) => return Ok((peer, port)),
                 Err(err) => {
                     tracing::debug!(port = port.port, error = %err, "UDP port unusable; trying another");
@@ -422,7 +434,8 @@ impl WebRtc {
             public_ip: self.settings.public_ip,
         });
 
-        let (peer, port) = self.bind_peer(handler).await?;
+        let in_flight = Arc::new(InFlight::default());
+        let (peer, port) = self.bind_peer(handler, in_flight.clone()).await?;
         // Closes the peer on every way out: an unclosed peer keeps its UDP socket bound.
         let guard = PeerGuard(Some(peer.clone()));
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
@@ -444,6 +457,7 @@ impl WebRtc {
                 given: 0,
                 held: Some(offer_candidates),
             }),
+            in_flight,
             _slot: slot,
             _port: port,
         });
@@ -607,6 +621,7 @@ async fn serve_viewer(
         stream = %viewer.stream,
         sent = viewer.stats.own.packets_sent.load(Ordering::Relaxed),
         dropped = viewer.stats.own.packets_dropped.load(Ordering::Relaxed),
+        in_flight = ?viewer.in_flight.now(),
         "viewer left"
     );
 }
@@ -623,6 +638,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     let extension = negotiated.playout_delay_id.map(|id| Extension { id, data: playout_delay_zero() });
     let mut forwarder = Forwarder::new(ssrc, negotiated.payload_type, (rand_u32() & 0x7fff) as u16, extension);
     let connected = std::time::Instant::now();
+    let mut budget_spent = 0u64;
     loop {
         let packet = match packets.recv().await {
             Ok(packet) => packet,
@@ -634,8 +650,27 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        if viewer.in_flight.spent(budget::BUDGET) {
+            if !forwarder.waiting_for_keyframe() {
+                let in_flight = viewer.in_flight.now();
+                let (packets, bytes) = (in_flight.packets, in_flight.bytes);
+                // Once at info; a viewer that stays too slow would say it every few seconds.
+                if budget_spent == 0 {
+                    tracing::info!(viewer = %viewer.id, packets, bytes, "viewer over its send budget: dropping until the next keyframe");
+                } else {
+                    tracing::debug!(viewer = %viewer.id, packets, bytes, times = budget_spent + 1, "viewer over its send budget again");
+                }
+                budget_spent += 1;
+                feed.request_keyframe();
+            }
+            forwarder.lagged(1);
+            viewer.stats.dropped(1);
+            continue;
+        }
         match forwarder.offer(&packet) {
             Verdict::Send(rtp) => {
+                // Counted before the driver can take it, so taken never runs ahead of handed.
+                viewer.in_flight.handed(rtp.payload.len());
                 if track.write_rtp(rtp).await.is_err() {
                     return;
                 }
