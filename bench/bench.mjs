@@ -3,7 +3,7 @@
 // fan-out with light WebRTC viewers, encoder cost, and the original design (gst-launch +
 // hlssink2 defaults) as the baseline. Run through bench/run.sh, inside scripts/netns-run.
 //
-//   node bench/bench.mjs [--quick] [--only=encoder,webrtc,hls,ttff,fanout,baseline] [--no-docs]
+//   node bench/bench.mjs [--quick] [--only=encoder,webrtc,hls,ttff,loss,fanout,overload,baseline] [--no-docs]
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -26,8 +26,8 @@ const FPS = 30;
 const WIDTH = 1280;
 const HEIGHT = 720;
 const SETTINGS = QUICK
-  ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, baselineS: 25 }
-  : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, baselineS: 90 };
+  ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, overloadS: 10, lossS: 15, baselineS: 25 }
+  : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, overloadS: 20, lossS: 60, baselineS: 90 };
 const LOAD_VIEWERS = path.resolve(ROOT, process.env.LIVEGATE_LOAD_VIEWERS || 'target/release/examples/load_viewers');
 const BASELINE_PY = path.join(ROOT, 'bench/baseline.py');
 const OUT = path.join(ROOT, 'target/bench');
@@ -284,6 +284,54 @@ function runLoadViewers(origin, n, seconds) {
   return { proc, done };
 }
 
+/**
+ * Measures `measureS` seconds of the gateway serving the Chromium `page` and the light viewers
+ * of `lv` (runLoadViewers): CPU, memory, the light viewers' loss and Chromium's latency.
+ */
+async function measureLoad(gw, page, lv, measureS) {
+  const s0 = await streamTotals(gw);
+  const win = cpuWindow(() => ({ gateway: [gw.proc.pid], loadgen: [lv.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
+  const smp = sampler(gw.proc.pid);
+  const st0 = await inboundStats(page);
+  const m = await measurePage(page, measureS);
+  const st1 = await inboundStats(page);
+  const cpu = win.stop();
+  const gwStats = smp.stop();
+  const s1 = await streamTotals(gw);
+  const res = await lv.done;
+  const viewers = (res.json && res.json.viewers) || [];
+  const lost = viewers.map((v) => v.lost);
+  const received = viewers.reduce((a, v) => a + v.packets, 0);
+  const lostTotal = lost.reduce((a, b) => a + b, 0);
+  const sent = s1.packetsSent - s0.packetsSent;
+  const dropped = s1.packetsDropped - s0.packetsDropped;
+  return {
+    connected: viewers.filter((v) => v.connected).length,
+    connectMs: summary(viewers.map((v) => v.connect_ms)),
+    failures: (res.json && res.json.failures) || [`load_viewers exited ${res.code}: ${res.stderr}`],
+    viewerFps: summary(viewers.map((v) => round(v.fps, 1))),
+    viewerLostPerViewer: summary(lost),
+    viewerLossPct: summary(viewers.map((v) => round(v.loss_ratio * 100, 3))),
+    viewerLossTotalPct: round((100 * lostTotal) / Math.max(1, received + lostTotal), 3),
+    loadViewersSeconds: res.json && round(res.json.seconds, 2),
+    gatewayPacketsSent: sent,
+    gatewayPacketsDropped: dropped,
+    gatewayDroppedPct: round((100 * dropped) / Math.max(1, sent + dropped), 3),
+    ...cpu,
+    gateway: gwStats,
+    chromium: m,
+    chromiumStats: statsDelta(st0, st1),
+  };
+}
+
+/** Stops a load generator that is still running, and returns what it said. */
+async function stopLoadViewers(lv) {
+  if (lv.proc.exitCode === null) {
+    lv.proc.kill('SIGKILL');
+  }
+  return lv.done;
+}
+
 async function fanout(browser, gw) {
   const { context, page } = await openPlayer(browser, gw.origin, 'webrtc', 15000);
   const steps = [];
@@ -293,57 +341,17 @@ async function fanout(browser, gw) {
       let lv = null;
       try {
         await waitViewerCount(gw, 1, 60000); // the previous step's viewers are gone
-        const measureS = SETTINGS.fanoutS;
-        lv = runLoadViewers(gw.origin, n, measureS + 3);
+        lv = runLoadViewers(gw.origin, n, SETTINGS.fanoutS + 3);
         const connectMs = await waitViewerCount(gw, n + 1, 120000);
         await sleep(1000);
-        const s0 = await streamTotals(gw);
-        const win = cpuWindow(() => ({ gateway: [gw.proc.pid], loadgen: [lv.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
-        const smp = sampler(gw.proc.pid);
-        const st0 = await inboundStats(page);
-        const m = await measurePage(page, measureS);
-        const st1 = await inboundStats(page);
-        const cpu = win.stop();
-        const gwStats = smp.stop();
-        const s1 = await streamTotals(gw);
-        const res = await lv.done;
-        const viewers = (res.json && res.json.viewers) || [];
-        const lost = viewers.map((v) => v.lost);
-        const received = viewers.reduce((a, v) => a + v.packets, 0);
-        const lostTotal = lost.reduce((a, b) => a + b, 0);
-        const sent = s1.packetsSent - s0.packetsSent;
-        const dropped = s1.packetsDropped - s0.packetsDropped;
-        steps.push({
-          n,
-          connected: viewers.filter((v) => v.connected).length,
-          connectAllMs: connectMs,
-          connectMs: summary(viewers.map((v) => v.connect_ms)),
-          failures: (res.json && res.json.failures) || [`load_viewers exited ${res.code}: ${res.stderr}`],
-          viewerFps: summary(viewers.map((v) => round(v.fps, 1))),
-          viewerLostPerViewer: summary(lost),
-          viewerLossPct: summary(viewers.map((v) => round(v.loss_ratio * 100, 3))),
-          viewerLossTotalPct: round((100 * lostTotal) / Math.max(1, received + lostTotal), 3),
-          loadViewersSeconds: res.json && round(res.json.seconds, 2),
-          gatewayPacketsSent: sent,
-          gatewayPacketsDropped: dropped,
-          gatewayDroppedPerViewer: round(dropped / (n + 1), 1),
-          gatewayDroppedPct: round((100 * dropped) / Math.max(1, sent + dropped), 3),
-          ...cpu,
-          gateway: gwStats,
-          chromium: m,
-          chromiumStats: statsDelta(st0, st1),
-        });
-        const st = steps[steps.length - 1];
-        log(`  N=${n}: gateway ${cpu.cores.gateway} cores, RSS ${gwStats.rssEndMb} MB, viewer loss ${st.viewerLossTotalPct} %, `
-          + `gateway dropped ${st.gatewayDroppedPct} %, Chromium p50 ${m.latencyMs.p50} ms p95 ${m.latencyMs.p95} ms`);
+        const st = { n, connectAllMs: connectMs, ...(await measureLoad(gw, page, lv, SETTINGS.fanoutS)) };
+        st.gatewayDroppedPerViewer = round(st.gatewayPacketsDropped / (n + 1), 1);
+        steps.push(st);
+        log(`  N=${n}: gateway ${st.cores.gateway} cores, RSS ${st.gateway.rssEndMb} MB, viewer loss ${st.viewerLossTotalPct} %, `
+          + `gateway dropped ${st.gatewayDroppedPct} %, Chromium p50 ${st.chromium.latencyMs.p50} ms p95 ${st.chromium.latencyMs.p95} ms`);
       } catch (e) {
         // Don't let a stuck load generator run into the next step: stop it, keep what it said.
-        let loadViewers = null;
-        if (lv) {
-          if (lv.proc.exitCode === null) lv.proc.kill('SIGKILL');
-          loadViewers = await lv.done;
-        }
-        steps.push({ n, error: String(e.stack || e), loadViewers });
+        steps.push({ n, error: String(e.stack || e), loadViewers: lv && await stopLoadViewers(lv) });
         log(`  N=${n} failed: ${e.message}`);
       }
     }
@@ -351,6 +359,76 @@ async function fanout(browser, gw) {
     await context.close();
   }
   return steps;
+}
+
+/**
+ * Issue 8 § 4: 200 viewers of which 20 stop reading (their process is stopped with SIGSTOP, so
+ * their sockets fill and they answer no ICE checks). The gateway's memory must stay bounded and
+ * the other 180 (179 light viewers and Chromium) must not notice.
+ */
+async function overload(browser, gw) {
+  const STALLED = 20;
+  const HEALTHY = 179;
+  const { context, page } = await openPlayer(browser, gw.origin, 'webrtc', 15000);
+  let stalled = null;
+  let healthy = null;
+  try {
+    await waitViewerCount(gw, 1, 60000);
+    stalled = runLoadViewers(gw.origin, STALLED, SETTINGS.overloadS + 30);
+    await waitViewerCount(gw, 1 + STALLED, 60000);
+    healthy = runLoadViewers(gw.origin, HEALTHY, SETTINGS.overloadS + 3);
+    await waitViewerCount(gw, 1 + STALLED + HEALTHY, 120000);
+    await sleep(1000);
+    stalled.proc.kill('SIGSTOP');
+    const stoppedAt = Date.now();
+    log(`overload: ${STALLED} of ${1 + STALLED + HEALTHY} viewers stopped`);
+    // How long the gateway keeps serving the stalled viewers before ICE consent lets them go.
+    let stalledGoneMs = null;
+    const watch = (async () => {
+      while (Date.now() - stoppedAt < (SETTINGS.overloadS + 5) * 1000) {
+        if ((await streamTotals(gw)).viewers <= 1 + HEALTHY) { stalledGoneMs = Date.now() - stoppedAt; return; }
+        await sleep(250);
+      }
+    })();
+    const figures = await measureLoad(gw, page, healthy, SETTINGS.overloadS);
+    await watch;
+    // The peak over the gateway's whole life, every earlier scenario included.
+    const out = { stalled: STALLED, healthy: HEALTHY + 1, stalledGoneMs, gatewayPeakRssMb: round(memory(gw.proc.pid).hwmMb, 1), ...figures };
+    log(`  overload: peak RSS ${out.gatewayPeakRssMb} MB, stalled viewers released after ${stalledGoneMs} ms, `
+      + `healthy loss ${out.viewerLossTotalPct} %, Chromium p50 ${out.chromium.latencyMs.p50} ms p95 ${out.chromium.latencyMs.p95} ms`);
+    return out;
+  } finally {
+    if (stalled) await stopLoadViewers(stalled);
+    if (healthy) await stopLoadViewers(healthy);
+    await context.close();
+  }
+}
+
+/**
+ * Issue 8 § 3: one Chromium viewer while `probability` of the namespace's UDP packets are
+ * dropped at random, both ways (iptables statistic match; this kernel has no netem).
+ */
+async function lossy(browser, gw) {
+  const out = [];
+  for (const probability of [0.02, 0.1]) {
+    const rule = ['INPUT', '-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', String(probability), '-j', 'DROP'];
+    const { context, page } = await openPlayer(browser, gw.origin, 'webrtc', 15000);
+    try {
+      await sleep(SETTINGS.warmupS * 1000);
+      execFileSync('iptables', ['-A', ...rule]);
+      const st0 = await inboundStats(page);
+      const m = await measurePage(page, SETTINGS.lossS);
+      const st1 = await inboundStats(page);
+      delete m.latencies;
+      out.push({ lossPct: probability * 100, ...m, chromiumStats: statsDelta(st0, st1) });
+      log(`  ${probability * 100} % loss: ${m.framesShown}/${m.framesSent} frames, longest stop ${m.longestFreezeMs} ms, `
+        + `p50 ${m.latencyMs.p50} ms p95 ${m.latencyMs.p95} ms, ${out[out.length - 1].chromiumStats.freezes} freezes`);
+    } finally {
+      execFileSync('iptables', ['-D', ...rule]);
+      await context.close();
+    }
+  }
+  return out;
 }
 
 async function baseline(browser) {
@@ -466,7 +544,9 @@ async function main() {
       webrtc: await timeToFirstFrame(browser, gw.origin, 'webrtc', SETTINGS.ttffTries),
       hls: await timeToFirstFrame(browser, gw.origin, 'hls', SETTINGS.ttffTries),
     }));
+    await scenario('loss', () => lossy(browser, gw));
     await scenario('fanout', () => fanout(browser, gw));
+    await scenario('overload', () => overload(browser, gw));
     await gw.stop();
     await scenario('baseline', () => baseline(browser));
   } finally {

@@ -77,6 +77,27 @@ export function summaryTable(r) {
       '', '≤ 150 MB', big ? mark(le(top.gateway.rssMb.max, 150)) : '']);
     lat(`${at}: Chromium glass-to-glass`, top.chromium.latencyMs, 'p95 ≤ 120 ms', big ? le(top.chromium.latencyMs.p95, 120) : null);
   }
+  for (const x of Array.isArray(s.loss) ? s.loss : []) {
+    const c = x.chromiumStats || {};
+    const big = x.lossPct >= 10;
+    lat(`${x.lossPct} % UDP loss both ways: Chromium glass-to-glass`, x.latencyMs, big ? '–' : 'p95 ≤ 150 ms', big ? null : le(x.latencyMs.p95, 150));
+    const perMinute = c.freezes === undefined ? null : (60 * c.freezes) / x.seconds;
+    rows.push([`${x.lossPct} % loss: frames shown / sent, longest stop`, `${x.framesShown} / ${x.framesSent} (${pct(x.framesShown, x.framesSent)})`, '',
+      ms(x.longestFreezeMs), `${c.nacks} NACKs, ${c.plis} PLIs, ${c.freezes} freezes (${c.freezesMs} ms) in ${Math.round(x.seconds)} s`,
+      big ? '≥ 95 %, no stop > 1 s' : '≤ 2 freezes a minute',
+      mark(big ? x.framesShown >= 0.95 * x.framesSent && x.longestFreezeMs <= 1000 : perMinute === null ? null : perMinute <= 2)]);
+  }
+  if (s.overload && !s.overload.error) {
+    const o = s.overload;
+    const at = `${o.stalled + o.healthy} viewers, ${o.stalled} stopped`;
+    rows.push([`${at}: gateway peak RSS (whole run)`, fmt(o.gatewayPeakRssMb, ' MB'), '', '', `stopped viewers released after ${ms(o.stalledGoneMs)}`,
+      '≤ 150 MB', mark(le(o.gatewayPeakRssMb, 150))]);
+    rows.push([`${at}: packets lost by the other ${o.healthy - 1} light viewers`, fmt(o.viewerLossTotalPct, ' %'), fmt(o.viewerLossPct.p95, ' %'),
+      fmt(o.viewerLossPct.max, ' %'), `${o.connected}/${o.healthy - 1} connected`, '< 0.5 %', mark(o.viewerLossTotalPct < 0.5)]);
+    const top = Array.isArray(s.fanout) ? s.fanout.filter((x) => !x.error).slice(-1)[0] : null;
+    lat(`${at}: Chromium glass-to-glass`, o.chromium.latencyMs, top ? `unchanged (fan-out N=${top.n}: p95 ${ms(top.chromium.latencyMs.p95)})` : 'unchanged',
+      top ? le(o.chromium.latencyMs.p95, top.chromium.latencyMs.p95 * 1.25 + 10) : null);
+  }
   return table(['figure', 'median', 'p95', 'max', 'n / note', 'target', 'met'], rows);
 }
 
@@ -133,7 +154,9 @@ export function writeReport(r, { docsPath, jsonPath }) {
     + `${x.framesDecoded} decoded / ${x.framesDropped} dropped, ${x.keyFramesDecoded ?? '?'} keyframes, ${x.packetsLost} packets lost, ${x.nacks} NACKs, ${x.plis} PLIs, ${x.freezes} freezes (${x.freezesMs} ms)` : '–');
   const statLines = [];
   if (s.webrtc && s.webrtc.chromiumStats) statLines.push(`- WebRTC latency scenario: ${cs(s.webrtc.chromiumStats)}`);
+  for (const x of Array.isArray(s.loss) ? s.loss : []) if (x.chromiumStats) statLines.push(`- ${x.lossPct} % loss: ${cs(x.chromiumStats)}`);
   for (const x of Array.isArray(s.fanout) ? s.fanout : []) if (x.chromiumStats) statLines.push(`- fan-out N=${x.n}: ${cs(x.chromiumStats)}`);
+  if (s.overload && s.overload.chromiumStats) statLines.push(`- overload: ${cs(s.overload.chromiumStats)}`);
   if (statLines.length) parts.push(`Chromium's own inbound-rtp statistics (getStats, means per frame over each window):\n\n${statLines.join('\n')}`);
   if (s.ttff) {
     const steps = (m) => (s.ttff[m].breakdown || []).map((b) => `${b.step} ${b.p50}`).join(' → ');
@@ -188,6 +211,12 @@ hand-written section at the end, the next run rewrites it. Raw results of this r
 - hls.js settings (web/player.js): \`${hlsJsSettings(root) || '?'}\`
 - Durations: WebRTC ${st.webrtcS} s, HLS ${st.hlsS} s, original design ${st.baselineS} s, time to first frame ${st.ttffTries} tries per mode,
   fan-out N = ${st.fanout.join(', ')} with ${st.fanoutS} s per step, encoder cost ${st.encoderS} s.
+- Loss (\`loss\`): ${st.lossS} s of WebRTC in Chromium at each loss rate, packets dropped at random by
+  \`iptables -A INPUT -p udp -m statistic --mode random --probability P -j DROP\` in the namespace (both directions on loopback:
+  media, retransmissions and NACKs alike). A stop is the longest time between two frames shown.
+- Overload (\`overload\`): 20 light viewers connect, then 179 more and Chromium; the 20 are stopped with SIGSTOP (their
+  sockets fill, they answer nothing) for ${st.overloadS} s while the others are measured. Peak RSS is \`VmHWM\` of the gateway
+  at the end, over its whole life (every scenario before included).
 - Original design: \`bench/baseline.py\` builds \`videotestsrc is-live=true ! <strip> ! x264enc tune=zerolatency ! hlssink2\`
   with every other property at its default (x264enc: 2048 kbit/s, speed-preset medium, automatic keyframe interval;
   hlssink2: target-duration 15, playlist-length 5, max-files 10); the strip is drawn by a pad probe exactly as
@@ -215,7 +244,7 @@ more than 200 ms) ${ms(b.frozenMs)} of it, longest freeze ${ms(b.longestFreezeMs
 \`\`\`sh
 make bench            # cargo build --release --bin livegate --example load_viewers, then bench/run.sh (≈ 10 min)
 make bench QUICK=1    # shorter windows, N = 1, 10, 50 (< 3 min); writes target/bench/BENCHMARKS-quick.md instead
-bench/run.sh [--quick] [--only=encoder,webrtc,hls,ttff,fanout,baseline]   # without building; --only skips this file
+bench/run.sh [--quick] [--only=encoder,webrtc,hls,ttff,loss,fanout,overload,baseline]   # without building; --only skips this file
 \`\`\`
 
 Needs what \`make test\` needs (Debian's \`chromium\`, Node ≥ 20 with \`tests/e2e\`'s pinned playwright-core, GStreamer with
