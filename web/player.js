@@ -7,6 +7,7 @@ const HLS_FIRST_FRAME_MS = 10000;   // HLS needs a playlist + segment first
 const STALL_MS = 2000;              // frames stopped advancing -> reconnect (make before break)
 const STALL_GIVE_UP_MS = 10000;      // neither connection shows video: start over
 const WEBRTC_FAILURES_BEFORE_HLS = 3; // auto mode: WebRTC failures in a row before HLS
+const WEBRTC_HEALTHY_MS = 30000;      // a WebRTC session that played this long ends a run of failures
 const WEBRTC_RETRY_MS = 30000;        // then WebRTC is tried again after this, doubling
 const WEBRTC_RETRY_MAX_MS = 300000;
 const DISCONNECT_GRACE_MS = 2000;   // ICE "disconnected" may recover by itself
@@ -133,7 +134,12 @@ function resetVideo() {
 function fail(s, reason) {
   if (!alive(s)) return;
   console.info(`[livegate] ${s.mode} session ${s.id} ended: ${reason}`);
-  if (s.mode === 'WebRTC') webrtcFailures++;
+  if (s.mode === 'WebRTC') {
+    // A connection that plays a few seconds and drops again is still failing: only a long
+    // healthy session starts the count (and the HLS retry back-off) afresh.
+    if (s.gotFrame && performance.now() - s.firstFrameAt > WEBRTC_HEALTHY_MS) { webrtcFailures = 0; webrtcRetries = 0; }
+    webrtcFailures++;
+  }
   if (s.mode === 'WebRTC' && requestedMode === 'auto' && (!s.gotFrame || webrtcFailures >= WEBRTC_FAILURES_BEFORE_HLS)) {
     const info = s.info;
     endSession();
@@ -583,8 +589,8 @@ function onFrame(nowPerf, meta) {
     s.lastFrameAt = performance.now();
     if (!s.gotFrame) {
       s.gotFrame = true;
+      s.firstFrameAt = performance.now();
       retryCount = 0; // healthy again: next failure starts the backoff afresh
-      if (s.mode === 'WebRTC') { webrtcFailures = 0; webrtcRetries = 0; }
       setState('playing');
       console.info(`[livegate] ${s.mode} playing ${s.info.name}`);
     }

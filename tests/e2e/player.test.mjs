@@ -386,7 +386,7 @@ test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe 
  * `rule` in this namespace's INPUT chain (scripts/netns-run: only the test's own loopback is
  * touched), `iptables.remove()` takes it out; it is taken out in any case at the end.
  */
-async function withWebRtcPageAndRule(name, rule, { initScripts = [] }, fn) {
+async function withWebRtcPageAndRule(name, rule, { initScripts = [], path = '/?mode=webrtc' }, fn) {
   const gw = await gateway({ name }).start();
   const { context } = await newContext(browser, gw.origin, { initScripts });
   let added = false;
@@ -397,7 +397,7 @@ async function withWebRtcPageAndRule(name, rule, { initScripts = [] }, fn) {
   try {
     const page = await context.newPage();
     const t0 = Date.now();
-    await page.goto(`${gw.origin}/?mode=webrtc`);
+    await page.goto(`${gw.origin}${path}`);
     await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
     await fn(page, iptables);
   } finally {
@@ -470,4 +470,66 @@ test('12. a very lossy network: 10 % of UDP packets dropped both ways; ≥ 95 % 
   const figures = results.loss10 = await playThroughLoss('loss-10', 0.10, seconds);
   assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
   assert.ok(figures.longestGapMs <= 1000, `the picture stopped for ${figures.longestGapMs} ms`);
+});
+
+test('13. WebRTC lost mid-stream: auto mode falls back to HLS, and returns to WebRTC by itself once it works again', async () => {
+  await withWebRtcPageAndRule('webrtc-lost', ['-p', 'udp', '-j', 'DROP'], { path: '/' }, async (page, iptables) => {
+    iptables.add();
+    const lost = Date.now();
+    // Stall (2 s), a connection made behind it that cannot connect either, give up (10 s), one
+    // more WebRTC try without a frame (4 s), then HLS.
+    const hlsMs = await waitPlaying(page, 'HLS', lost + 25000, lost);
+    await assertAdvancing(page, { ms: 1500 });
+    iptables.remove();
+    const back = Date.now();
+    // WebRTC is tried again 30 s after the fallback.
+    const webrtcMs = await waitPlaying(page, 'WebRTC', back + 40000, back);
+    await assertAdvancing(page, { ms: 1500 });
+    results.webrtcLost = { hlsMs, webrtcAgainMs: webrtcMs };
+    log(`WebRTC lost: HLS playing ${hlsMs} ms later; WebRTC again ${webrtcMs} ms after UDP came back`);
+  });
+});
+
+test('14. a background tab: HLS paused while hidden resumes at the live edge, not from its buffer', async () => {
+  const gw = await gateway({ name: 'background' }).start();
+  const { context } = await newContext(browser, gw.origin);
+  // The median and the worst latency of the frames shown since `since`.
+  const latencies = (page, since) => page.evaluate((t) => {
+    const l = window.__e2e.samples.filter((x) => x.t >= t && x.latency !== null).map((x) => x.latency).sort((a, b) => a - b);
+    return l.length ? { median: Math.round(l[l.length >> 1]), max: Math.round(l[l.length - 1]) } : null;
+  }, since);
+  // What Chromium does to a muted video in a background tab: the page is hidden, the video paused.
+  const setHidden = (page, hidden) => page.evaluate((h) => {
+    Object.defineProperty(document, 'hidden', { value: h, configurable: true });
+    Object.defineProperty(document, 'visibilityState', { value: h ? 'hidden' : 'visible', configurable: true });
+    const video = document.querySelector('video');
+    if (h) video.pause();
+    document.dispatchEvent(new Event('visibilitychange'));
+    if (!h) video.play();
+  }, hidden);
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${gw.origin}/?mode=hls`);
+    await waitPlaying(page, 'HLS', t0 + 10000, t0);
+    const since = await page.evaluate(() => performance.now());
+    await sleep(3000);
+    const before = await latencies(page, since);
+    await setHidden(page, true);
+    const hiddenMs = 8000;
+    await sleep(hiddenMs);
+    await setHidden(page, false);
+    const shown = await page.evaluate(() => performance.now());
+    await sleep(3000);
+    const after = await latencies(page, shown);
+    results.backgroundTab = { hiddenMs, latencyBeforeMs: before, latencyAfterMs: after };
+    log(`background tab: HLS latency ${JSON.stringify(before)} ms before, ${JSON.stringify(after)} ms after ${hiddenMs / 1000} s hidden`);
+    assert.ok(after !== null, 'frames again after the tab came back');
+    // Even the first frames after the return are live: none is played from what was buffered.
+    assert.ok(after.max <= before.max + 1000, `frames ${after.max} ms old after the return (at most ${before.max} ms before)`);
+    await assertAdvancing(page, { ms: 1500 });
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
 });
