@@ -229,7 +229,10 @@ fn whep_app() -> axum::Router {
     .clone()
 }
 
-fn whep_request() -> impl Strategy<Value = (String, String, Vec<(String, String)>, String, bool, [u8; 4])> {
+/// Method, path, headers, body, whether the body is SDP, and the client's address.
+type WhepRequest = (String, String, Vec<(String, String)>, String, bool, [u8; 4]);
+
+fn whep_request() -> impl Strategy<Value = WhepRequest> {
     let method = prop_oneof![
         Just("POST".to_owned()),
         Just("DELETE".to_owned()),

@@ -185,3 +185,52 @@ async fn a_stalled_camera_is_replaced_by_the_slate_within_the_timeout() {
     camera.toggle_stall();
     gateway.wait_for_state("cam", "playing", Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encoder_restart_continues_the_one_hls_playlist_after_a_discontinuity() {
+    let hls_root = tempfile::tempdir().unwrap();
+    let gateway =
+        Gateway::start(&["--hls-dir", hls_root.path().to_str().unwrap(), "--width", "640", "--height", "360"]);
+    gateway.wait_for_state("live", "playing", START).await;
+    let hls = common::client();
+    let playlist_url = gateway.url("/hls/live/index.m3u8");
+    let playlist = || async { hls.get(&playlist_url).send().await.unwrap().text().await.unwrap() };
+    let listed = std::time::Instant::now();
+    while playlist().await.matches(".ts").count() < 3 {
+        assert!(listed.elapsed() < Duration::from_secs(10), "the playlist never listed 3 segments");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = playlist().await;
+
+    // Its folder gone, hlssink2 cannot open its next segment: the encoder fails and is rebuilt.
+    std::fs::remove_dir_all(hls_root.path().join("live")).unwrap();
+    let mut sequences = vec![media_sequence(&before)];
+    let after = loop {
+        let text = playlist().await;
+        if text.starts_with("#EXTM3U") {
+            sequences.push(media_sequence(&text));
+            // Two segments of the new encoder, after the last one of the old.
+            if text.split("#EXT-X-DISCONTINUITY\n").nth(1).is_some_and(|new| new.matches(".ts").count() >= 2) {
+                break text;
+            }
+        }
+        assert!(
+            listed.elapsed() < Duration::from_secs(40),
+            "no discontinuity after the restart; last playlist:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("before:\n{before}\nafter the encoder restart:\n{after}\nmedia sequences seen: {sequences:?}");
+    assert!(gateway.log_text().contains("encoder stopped; restarting"), "the encoder was restarted");
+    assert!(sequences.windows(2).all(|w| w[0] <= w[1]), "the media sequence went down: {sequences:?}");
+    let old_segment = before.lines().rfind(|l| l.ends_with(".ts")).unwrap();
+    let (old_part, new_part) = after.split_once("#EXT-X-DISCONTINUITY\n").unwrap();
+    assert!(old_part.contains(old_segment) || media_sequence(&after) > media_sequence(&before), "{after}");
+    let new_segment = new_part.lines().find(|l| l.ends_with(".ts")).unwrap();
+    assert_ne!(
+        new_segment.rsplit_once('-').unwrap().0,
+        old_segment.rsplit_once('-').unwrap().0,
+        "new names, never reused"
+    );
+    assert_eq!(gateway.stream("live").await["state"], "playing");
+}

@@ -14,6 +14,7 @@
 pub mod camera;
 pub mod capture;
 pub mod encoder;
+pub mod hls;
 pub mod pipeline;
 pub mod signal;
 pub mod slate;
@@ -147,6 +148,8 @@ pub struct MediaStream {
     /// The name a V4L2 camera reported, to find it again if it comes back as another device.
     camera_name: Mutex<Option<String>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
+    /// The public HLS playlist, continued across encoders.
+    playlist: Mutex<hls::Playlist>,
 }
 
 impl MediaStream {
@@ -161,6 +164,11 @@ impl MediaStream {
             running: Mutex::new(None),
             camera_name: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
+            playlist: Mutex::new(hls::Playlist::new(
+                pipeline::HLS_PLAYLIST_LENGTH,
+                pipeline::HLS_FILES_KEPT,
+                pipeline::HLS_SEGMENT_SECONDS,
+            )),
         }
     }
 
@@ -243,10 +251,37 @@ impl MediaStream {
         tracing::info!(stream = %self.name, "stream stopped");
     }
 
+    /// Appends the segments hlssink2 has finished to the public playlist, and deletes the files
+    /// that left it. The playlist is replaced in one rename, so a reader never sees half of it.
+    async fn publish_hls(&self) {
+        let private = match tokio::fs::read_to_string(self.hls_dir.join(pipeline::HLSSINK2_PLAYLIST)).await {
+            Ok(text) => text,
+            Err(err) => return tracing::warn!(stream = %self.name, error = %err, "hlssink2's playlist unreadable"),
+        };
+        let (text, gone) = {
+            let mut playlist = self.playlist.lock().expect("playlist lock");
+            let gone = playlist.update_from(&private);
+            (playlist.render(), gone)
+        };
+        let public = self.hls_dir.join(pipeline::HLS_PLAYLIST);
+        let next = public.with_extension("m3u8.next");
+        let written = async {
+            tokio::fs::write(&next, text).await?;
+            tokio::fs::rename(&next, &public).await
+        };
+        if let Err(err) = written.await {
+            tracing::warn!(stream = %self.name, error = %err, "HLS playlist not written");
+        }
+        for file in gone {
+            let _ = tokio::fs::remove_file(self.hls_dir.join(file)).await;
+        }
+    }
+
     /// Builds and starts the encoding part, off the async runtime.
     async fn start_encoder(self: Arc<Self>, encoder: EncoderChoice) -> Result<Arc<StreamPipeline>, MediaError> {
         std::fs::create_dir_all(&self.hls_dir)
             .map_err(|source| MediaError::HlsDir { path: self.hls_dir.clone(), source })?;
+        self.playlist.lock().expect("playlist lock").new_encoder();
         let this = self.clone();
         let built = tokio::task::spawn_blocking(move || {
             let settings = PipelineSettings { video: &this.video, encoder, hls_dir: &this.hls_dir };
@@ -287,10 +322,13 @@ impl MediaStream {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                message = encoder_bus.next() => {
-                    if let Some(err) = message.and_then(|m| bus_error(&m)) {
+                Some(message) = encoder_bus.next() => {
+                    if let Some(err) = bus_error(&message) {
                         stop_capture(capture.take()).await;
                         return Err(MediaError::Runtime { stream: self.name.clone(), reason: err });
+                    }
+                    if pipeline::closes_hls_segment(&message) {
+                        self.publish_hls().await;
                     }
                 }
                 Some((from, frame)) = frames.recv() => {

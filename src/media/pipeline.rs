@@ -16,11 +16,14 @@ use crate::config::{EncoderChoice, VideoSettings};
 pub const RTP_PAYLOAD_TYPE: u32 = 96;
 /// Fits any path MTU a browser will meet, with room for SRTP and header extensions.
 pub const RTP_MTU: u32 = 1200;
+/// The playlist players read, written by `hls::Playlist`.
 pub const HLS_PLAYLIST: &str = "index.m3u8";
+/// hlssink2's own playlist, read after each segment; not `.m3u8`, so never served.
+pub const HLSSINK2_PLAYLIST: &str = "hlssink2.playlist";
 pub const HLS_SEGMENT_SECONDS: u32 = 1;
 /// Segments listed in the playlist, and kept on disk (twice as many, for slow players).
-const HLS_PLAYLIST_LENGTH: u32 = 6;
-const HLS_FILES_KEPT: u32 = 12;
+pub const HLS_PLAYLIST_LENGTH: usize = 6;
+pub const HLS_FILES_KEPT: usize = 12;
 /// RTP packets the appsink holds if the fan-out falls behind (~1 s at 2 Mbit/s).
 const RTP_SINK_BUFFERS: u32 = 256;
 
@@ -136,10 +139,11 @@ impl StreamPipeline {
         let hls = make("hlssink2", "hls")?;
         let started = strip::unix_now_ms();
         hls.set_property("location", settings.hls_dir.join(format!("segment-{started}-%05d.ts")).to_str());
-        hls.set_property("playlist-location", settings.hls_dir.join(HLS_PLAYLIST).to_str());
+        hls.set_property("playlist-location", settings.hls_dir.join(HLSSINK2_PLAYLIST).to_str());
         hls.set_property("target-duration", HLS_SEGMENT_SECONDS);
-        hls.set_property("playlist-length", HLS_PLAYLIST_LENGTH);
-        hls.set_property("max-files", HLS_FILES_KEPT);
+        hls.set_property("playlist-length", HLS_PLAYLIST_LENGTH as u32);
+        // Files are deleted as they leave the public playlist, which outlives this pipeline.
+        hls.set_property("max-files", 0u32);
         // The GOP is one segment long, so every segment already starts at a keyframe. hlssink2's
         // own requests would add keyframes, and each makes rtph264pay send SPS/PPS as a separate
         // packet with the marker bit set, which browsers fail to decode and answer with a PLI.
@@ -200,6 +204,12 @@ impl StreamPipeline {
         let event = gst_video::UpstreamForceKeyUnitEvent::builder().all_headers(false).build();
         self.encoder.send_event(event);
     }
+}
+
+/// Whether `message` says hlssink2 finished a segment (and listed it in its playlist).
+pub fn closes_hls_segment(message: &gst::Message) -> bool {
+    matches!(message.view(), gst::MessageView::Element(element)
+        if element.structure().is_some_and(|s| s.has_name("splitmuxsink-fragment-closed")))
 }
 
 impl Drop for StreamPipeline {
