@@ -229,7 +229,7 @@ fn whep_app() -> axum::Router {
     .clone()
 }
 
-/// Method, path, headers, body, whether the body is SDP, and the client's address.
+/// Method, path, headers, body, whether the caller is granted access, and its IPv4 address.
 type WhepRequest = (String, String, Vec<(String, String)>, String, bool, [u8; 4]);
 
 fn whep_request() -> impl Strategy<Value = WhepRequest> {
