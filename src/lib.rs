@@ -112,6 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         media: media.clone(),
         webrtc: webrtc.clone(),
         auth: auth.clone(),
+        metrics: http::metrics::Metrics::new(media.clone(), webrtc.clone()),
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");

@@ -11,6 +11,13 @@ const WEBRTC_HEALTHY_MS = 30000;      // a WebRTC session that played this long 
 const WEBRTC_RETRY_MS = 30000;        // then WebRTC is tried again after this, doubling
 const WEBRTC_RETRY_MAX_MS = 300000;
 const DISCONNECT_GRACE_MS = 2000;   // ICE "disconnected" may recover by itself
+const LOSS_CHECK_MS = 2000;         // how often a WebRTC session looks for lost packets
+// The network loses packets: within LOSS_WINDOW_MS, at least LOSS_NACKS NACKs and LOSS_RATIO
+// of the packets received (not a stray one, nor a burst at start).
+const LOSS_NACKS = 3;
+const LOSS_RATIO = 0.005;
+const LOSS_WINDOW_MS = 10000;
+const RECEIVER_RTT = 'a=rtcp-xr:rcvr-rtt=all';
 const BACKOFF_START_MS = 1000;
 const BACKOFF_MAX_MS = 5000;
 const LATENCY_STALE_MS = 2000;
@@ -37,6 +44,7 @@ const lg = (window.livegate = {
   resolution: null,      // e.g. '1280x720'
   width: 0,
   height: 0,
+  measuresRtt: false,    // WebRTC connections ask for the round-trip time (after packet loss)
 });
 
 const params = new URLSearchParams(location.search);
@@ -58,6 +66,11 @@ let webrtcFailures = 0;  // WebRTC sessions that failed in a row
 let webrtcRetries = 0;   // times WebRTC was tried again after falling back to HLS
 let webrtcRetryTimer = 0;
 let stopped = false; // set on pagehide
+// Once this page has seen WebRTC packets lost, its connections ask to be told the round-trip
+// time (RFC 3611 receiver reference times): Chromium then asks again for a lost retransmission
+// after one round trip instead of 100 ms, and the picture keeps moving at 10 % loss. It also
+// shows every frame ~15 ms later, so a clean network never asks for it.
+let measureRtt = false;
 
 // ---------------------------------------------------------------- UI helpers
 
@@ -261,9 +274,10 @@ function wsUrl(info) {
 /**
  * One WebRTC connection to a stream: a PeerConnection signalled over the WebSocket. Reports
  * through `on.track(stream)`, `on.connected()`, `on.denied(message)` and `on.fail(reason)`;
- * `close()` ends it. Knows nothing of sessions or the page.
+ * `close()` ends it. Its offer asks for the round-trip time only with `rtt`. Knows nothing of
+ * sessions or the page.
  */
-function openWebRtc(info, iceServers, on) {
+function openWebRtc(info, iceServers, rtt, on) {
   const pc = new RTCPeerConnection({ iceServers });
   const ws = new WebSocket(wsUrl(info));
   let closed = false;
@@ -354,7 +368,8 @@ function openWebRtc(info, iceServers, on) {
     if (closed) return;
     // The token goes in the first message rather than the URL, which proxies may log.
     if (accessToken) send({ type: 'auth', token: accessToken });
-    send({ type: 'offer', sdp: offer.sdp });
+    const sdp = rtt ? offer.sdp : offer.sdp.split('\r\n').filter((line) => line !== RECEIVER_RTT).join('\r\n');
+    send({ type: 'offer', sdp });
     offerSent = true;
     localCandidates.splice(0).forEach(send);
   })().catch((e) => fail(`offer: ${e.message}`));
@@ -380,7 +395,7 @@ async function startWebRtc(info, iceConfig) {
   s.iceServers = Array.isArray(cfg.iceServers) ? cfg.iceServers : [];
   if (!alive(s)) return;
   try {
-    s.conn = openWebRtc(info, s.iceServers, {
+    s.conn = openWebRtc(info, s.iceServers, measureRtt, {
       track: (stream) => { if (alive(s)) { video.srcObject = stream; playVideo(s); } },
       connected: () => { if (alive(s) && !s.gotFrame) setState('connected, waiting for video', 'connecting'); },
       denied: denyAccess,
@@ -392,18 +407,46 @@ async function startWebRtc(info, iceConfig) {
     return;
   }
   s.cleanups.push(() => { s.conn.close(); closeStandby(s); resetVideo(); });
+  watchForLoss(s);
+}
+
+/**
+ * Packets lost on this connection (LOSS_NACKS NACKs within LOSS_WINDOW_MS, more than a stray
+ * one): the first time, it is replaced by one that asks for the round-trip time.
+ */
+function watchForLoss(s) {
+  const seen = []; // {t, nacks, packets} over the window
+  const timer = setInterval(async () => {
+    if (!alive(s) || measureRtt || !s.conn || s.standby) return;
+    const now = { t: performance.now(), nacks: 0, packets: 0 };
+    for (const r of (await s.conn.pc.getStats().catch(() => new Map())).values()) {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') { now.nacks = r.nackCount || 0; now.packets = r.packetsReceived || 0; }
+    }
+    seen.push(now);
+    while (now.t - seen[0].t > LOSS_WINDOW_MS) seen.shift();
+    const nacks = now.nacks - seen[0].nacks;
+    const lossy = nacks >= LOSS_NACKS && nacks >= LOSS_RATIO * (now.packets - seen[0].packets);
+    if (lossy && !measureRtt && alive(s)) {
+      measureRtt = lg.measuresRtt = true;
+      console.info(`[livegate] ${nacks} packets lost: reconnecting with round-trip measurement`);
+      reconnectBehind(s, { upgrade: true });
+    }
+  }, LOSS_CHECK_MS);
+  s.cleanups.push(() => clearInterval(timer));
 }
 
 /**
  * Make before break: a stalled WebRTC session opens a second connection while the first stays
  * up. Whichever shows video first wins: the old one when the network comes back (ICE survives a
- * few seconds of blackout), the new one when the old is gone for good.
+ * few seconds of blackout), the new one when the old is gone for good. An `upgrade` (a healthy
+ * connection replaced by one that measures the round trip) always switches to the new one.
  */
-function reconnectBehind(s) {
+function reconnectBehind(s, { upgrade = false } = {}) {
   if (s.standby || !s.conn) return;
-  setState('reconnecting (video stalled)', 'reconnecting');
+  if (!upgrade) setState('reconnecting (video stalled)', 'reconnecting');
   let stream = null;
-  const standby = openWebRtc(s.info, s.iceServers || [], {
+  s.upgrading = upgrade;
+  const standby = openWebRtc(s.info, s.iceServers || [], measureRtt, {
     track: (st) => { stream = st; },
     connected: () => {},
     denied: denyAccess,
@@ -417,6 +460,7 @@ function reconnectBehind(s) {
       const old = s.conn;
       s.conn = standby;
       s.standby = null;
+      s.upgrading = false;
       video.srcObject = stream;
       playVideo(s);
       s.lastFrameAt = performance.now();
@@ -432,6 +476,7 @@ function closeStandby(s) {
   clearInterval(s.standbyPoll);
   if (s.standby) s.standby.close();
   s.standby = null;
+  s.upgrading = false;
 }
 
 // --------------------------------------------------------------------- HLS
@@ -541,7 +586,7 @@ function startWatchdog(s, firstFrameMs) {
     if (!s.gotFrame) {
       if (now - s.startedAt > firstFrameMs) fail(s, `no video within ${firstFrameMs / 1000} s`);
     } else if (now - s.lastFrameAt <= STALL_MS) {
-      if (s.standby) { closeStandby(s); setState('playing'); } // the first connection came back
+      if (s.standby && !s.upgrading) { closeStandby(s); setState('playing'); } // the first connection came back
     } else if (s.mode !== 'WebRTC' || now - s.lastFrameAt > STALL_GIVE_UP_MS) {
       fail(s, 'video stalled');
     } else {

@@ -12,6 +12,7 @@ use super::AppState;
 use crate::auth::{Access, Denied};
 use crate::config::IceServer;
 use crate::media::StreamState;
+use crate::webrtc::stats::Counters;
 
 /// What a viewer may know of a stream: enough to play it.
 #[derive(Debug, Serialize)]
@@ -52,7 +53,9 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
         .map(|stream| {
             let status = stream.status();
             let name = &stream.name;
-            let (packets_sent, packets_dropped) = state.webrtc.stream_totals(name);
+            let totals = state.webrtc.stream_totals(name);
+            let (packets_sent, packets_dropped) =
+                (Counters::get(&totals.counters.packets_sent), Counters::get(&totals.counters.packets_dropped));
             StreamInfo {
                 view: StreamView {
                     name: name.clone(),

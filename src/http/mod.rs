@@ -4,6 +4,7 @@ pub mod api;
 pub mod error;
 pub mod hls;
 pub mod identity;
+pub mod metrics;
 pub mod tls;
 pub mod web;
 
@@ -30,6 +31,7 @@ pub struct AppState {
     pub media: Arc<Media>,
     pub webrtc: Arc<WebRtc>,
     pub auth: Arc<Auth>,
+    pub metrics: metrics::Metrics,
 }
 
 /// A client must send its request headers within this time (slow-header attacks).
@@ -95,11 +97,13 @@ pub fn router(state: Arc<AppState>, signalling: Arc<Signalling>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(metrics::serve))
         .fallback(get(web::serve))
         .with_state(state.clone())
         .merge(public)
         .merge(streams)
         .layer(axum::middleware::from_fn_with_state(state.clone(), identity::identify))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count_requests))
         .layer(axum::middleware::map_response_with_state(state, security_headers))
 }
 

@@ -22,6 +22,7 @@ pub mod source;
 pub mod strip;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,26 @@ impl RateLimiter {
     }
 }
 
+/// What happened to a stream since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Times the source was tried again after failing, stalling or ending.
+    pub source_reconnects: AtomicU64,
+    /// Times the signal was lost (the slate took over).
+    pub signal_losses: AtomicU64,
+    pub encoder_restarts: AtomicU64,
+    /// Keyframes asked of the encoder (for new viewers, lagging ones, PLI and FIR), after the
+    /// rate limit.
+    pub keyframes_forced: AtomicU64,
+    pub frames_from_source: AtomicU64,
+    pub frames_from_slate: AtomicU64,
+    pub hls_segments: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// One named stream: its status, its packets and its encoder's keyframe control.
 pub struct MediaStream {
     pub name: String,
@@ -150,6 +171,7 @@ pub struct MediaStream {
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
     /// The public HLS playlist, continued across encoders.
     playlist: Mutex<hls::Playlist>,
+    pub counters: Arc<StreamCounters>,
 }
 
 impl MediaStream {
@@ -169,6 +191,7 @@ impl MediaStream {
                 pipeline::HLS_FILES_KEPT,
                 pipeline::HLS_SEGMENT_SECONDS,
             )),
+            counters: Arc::default(),
         }
     }
 
@@ -194,15 +217,19 @@ impl MediaStream {
         let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return };
         let grant = self.keyframe_limiter.lock().expect("keyframe lock").request(Instant::now());
         match grant {
-            Grant::Now => pipeline.request_keyframe(),
+            Grant::Now => {
+                count(&self.counters.keyframes_forced);
+                pipeline.request_keyframe();
+            }
             Grant::After(wait) => {
-                let limiter = self.keyframe_limiter.clone();
+                let (limiter, counters) = (self.keyframe_limiter.clone(), self.counters.clone());
                 // Weak: a deferred request must not keep a stopped pipeline (and its camera) alive.
                 let pipeline = Arc::downgrade(&pipeline);
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     limiter.lock().expect("keyframe lock").deferred_done(Instant::now());
                     if let Some(pipeline) = pipeline.upgrade() {
+                        count(&counters.keyframes_forced);
                         pipeline.request_keyframe();
                     }
                 });
@@ -238,6 +265,7 @@ impl MediaStream {
                 Err(err) => err,
             };
             tracing::warn!(stream = %self.name, error = %err, retry_in = ?backoff, "encoder stopped; restarting");
+            count(&self.counters.encoder_restarts);
             self.set_status(StreamState::Error, Some(err.to_string()));
             if started.elapsed() > RESTART_BACKOFF_MAX * 3 {
                 backoff = RESTART_BACKOFF_MIN;
@@ -328,6 +356,7 @@ impl MediaStream {
                         return Err(MediaError::Runtime { stream: self.name.clone(), reason: err });
                     }
                     if pipeline::closes_hls_segment(&message) {
+                        count(&self.counters.hls_segments);
                         self.publish_hls().await;
                     }
                 }
@@ -344,6 +373,7 @@ impl MediaStream {
                     if !was_live {
                         self.set_status(StreamState::Playing, None);
                     }
+                    count(&self.counters.frames_from_source);
                     encoder.push(frame);
                 }
                 Some((from, outcome)) = ended.recv() => {
@@ -381,6 +411,7 @@ impl MediaStream {
                 }
                 _ = slate_tick.tick(), if monitor.wants_slate() => {
                     let frame = slate.frame(monitor.lost_for(Instant::now()), strip::unix_now_ms());
+                    count(&self.counters.frames_from_slate);
                     encoder.push(i420_buffer(&slate_info, &frame));
                 }
                 _ = check_tick.tick() => {
@@ -408,6 +439,7 @@ impl MediaStream {
         if let Change::Lost { reason } = change {
             let reason = crate::redact::Secrets::global().scrub(&reason).into_owned();
             tracing::warn!(stream = %self.name, %reason, "signal lost; showing the slate and reconnecting");
+            count(&self.counters.signal_losses);
             self.set_status(StreamState::NoSignal, Some(reason));
         }
     }
@@ -419,6 +451,7 @@ impl MediaStream {
             *slow_attempts += 1;
         }
         let delay = signal::reconnect_delay(lost_for, slow_attempts.saturating_sub(1), jitter());
+        count(&self.counters.source_reconnects);
         tracing::debug!(stream = %self.name, ?delay, "reconnecting the source");
         tokio::time::Instant::now() + delay
     }

@@ -7,10 +7,10 @@ pub mod feedback;
 pub mod forward;
 pub mod h264;
 pub mod ports;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ use budget::InFlight;
 use candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
 use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
+use stats::{Ended, StreamTotals, ViewerStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -124,31 +125,6 @@ pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
     Ok(engine)
 }
 
-/// Packet counters, kept per viewer and summed per stream, for the API and the benchmarks.
-#[derive(Default)]
-pub struct PacketStats {
-    pub packets_sent: AtomicU64,
-    pub packets_dropped: AtomicU64,
-}
-
-/// A viewer's own counters and its stream's totals, counted together.
-pub struct ViewerStats {
-    pub own: PacketStats,
-    stream: Arc<PacketStats>,
-}
-
-impl ViewerStats {
-    fn sent(&self) {
-        self.own.packets_sent.fetch_add(1, Ordering::Relaxed);
-        self.stream.packets_sent.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn dropped(&self, packets: u64) {
-        self.own.packets_dropped.fetch_add(packets, Ordering::Relaxed);
-        self.stream.packets_dropped.fetch_add(packets, Ordering::Relaxed);
-    }
-}
-
 /// The remote candidates of one session: how many it gave, and those of its offer, held back
 /// until the answer is out.
 struct RemoteCandidates {
@@ -161,7 +137,7 @@ struct RemoteCandidates {
 pub struct Viewer {
     pub id: String,
     pub stream: String,
-    pub stats: ViewerStats,
+    pub stats: Arc<ViewerStats>,
     peer: Arc<dyn PeerConnection>,
     closed: CancellationToken,
     /// Cancelled once the viewer is connected, or gone without ever connecting.
@@ -239,7 +215,7 @@ pub struct WebRtc {
     setting_engine: SettingEngine,
     ports: PortPool,
     viewer_places: Places<String>,
-    totals: Mutex<HashMap<String, Arc<PacketStats>>>,
+    totals: Mutex<HashMap<String, Arc<StreamTotals>>>,
     viewers: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
     /// Every viewer's task, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -321,10 +297,9 @@ impl WebRtc {
         self.viewer_places.count(&stream.to_owned())
     }
 
-    /// Packets sent to and dropped for every viewer the stream ever had.
-    pub fn stream_totals(&self, stream: &str) -> (u64, u64) {
-        let totals = self.totals.lock().expect("totals lock").get(stream).cloned().unwrap_or_default();
-        (totals.packets_sent.load(Ordering::Relaxed), totals.packets_dropped.load(Ordering::Relaxed))
+    /// What every viewer the stream ever had was sent and asked for.
+    pub fn stream_totals(&self, stream: &str) -> Arc<StreamTotals> {
+        self.totals.lock().expect("totals lock").entry(stream.into()).or_default().clone()
     }
 
     pub fn viewer(&self, id: &str) -> Option<Arc<Viewer>> {
@@ -343,6 +318,7 @@ impl WebRtc {
         &self,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
+        stats: Arc<ViewerStats>,
         port: u16,
     ) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
         // Interceptors hold per-connection state, so each peer gets its own chain: only what a
@@ -352,7 +328,7 @@ impl WebRtc {
             .with(Slot::NackResponder, NackResponderBuilder::new().with_size(NACK_HISTORY).build())
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
             // Last in the chain, after the interceptors that act on reports and NACKs.
-            .with(Slot::from(14_000), feedback::Feedback::new(in_flight));
+            .with(Slot::from(14_000), feedback::Feedback::new(in_flight, stats));
         let peer = PeerConnectionBuilder::new()
             .with_media_engine(self.engine.clone())
             .with_interceptor_registry(registry)
@@ -371,6 +347,7 @@ impl WebRtc {
         &self,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
+        stats: Arc<ViewerStats>,
     ) -> Result<(Arc<dyn PeerConnection>, PortLease), WebRtcError> {
         // Held until we are done, so the pool does not hand the same busy port out again.
         let mut unusable = Vec::new();
@@ -379,7 +356,7 @@ impl WebRtc {
                 total: self.settings.ports.len(),
                 range: self.settings.ports.to_string(),
             })?;
-            match self.build_peer(handler.clone(), in_flight.clone(), port.port).await {
+            match self.build_peer(handler.clone(), in_flight.clone(), stats.clone(), port.port).await {
                 Ok(peer) => return Ok((peer, port)),
                 Err(err) => {
                     tracing::debug!(port = port.port, error = %err, "UDP port unusable; trying another");
@@ -435,7 +412,14 @@ impl WebRtc {
         });
 
         let in_flight = Arc::new(InFlight::default());
-        let (peer, port) = self.bind_peer(handler, in_flight.clone()).await?;
+        let stats = Arc::new(ViewerStats::start(self.stream_totals(stream)));
+        let (peer, port) = match self.bind_peer(handler, in_flight.clone(), stats.clone()).await {
+            Ok(bound) => bound,
+            Err(err) => {
+                stats.ended(Ended::NeverConnected);
+                return Err(err);
+            }
+        };
         // Closes the peer on every way out: an unclosed peer keeps its UDP socket bound.
         let guard = PeerGuard(Some(peer.clone()));
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
@@ -445,10 +429,7 @@ impl WebRtc {
         let viewer = Arc::new(Viewer {
             id: uuid::Uuid::new_v4().to_string(),
             stream: stream.into(),
-            stats: ViewerStats {
-                own: PacketStats::default(),
-                stream: self.totals.lock().expect("totals lock").entry(stream.into()).or_default().clone(),
-            },
+            stats,
             peer: peer.clone(),
             closed: self.shutdown.child_token(),
             settled: CancellationToken::new(),
@@ -472,6 +453,7 @@ impl WebRtc {
         offer_sdp: String,
         gathered: &mut watch::Receiver<bool>,
     ) -> Result<(OwnTrack, String), WebRtcError> {
+        let wants_rtt = offer_sdp.lines().any(|line| line.trim_end() == feedback::RECEIVER_RTT_ATTRIBUTE);
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| WebRtcError::Offer(e.to_string()))?;
         peer.set_remote_description(offer).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
 
@@ -494,7 +476,10 @@ impl WebRtc {
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
         tracing::debug!(waited_ms = gathering.elapsed().as_millis() as u64, "local candidates gathered");
         let local = peer.local_description().await.ok_or_else(|| setup("no local description"))?;
-        let answer = ask_for_reference_times(&rewrite_host_candidates(&local.sdp, self.settings.public_ip));
+        let mut answer = rewrite_host_candidates(&local.sdp, self.settings.public_ip);
+        if wants_rtt {
+            answer = agree_to_reference_times(&answer);
+        }
         Ok((OwnTrack { track, ssrc }, answer))
     }
 
@@ -556,9 +541,9 @@ pub fn rewrite_host_candidates(sdp: &str, public_ip: Option<IpAddr>) -> String {
         .collect()
 }
 
-/// Adds `a=rtcp-xr:rcvr-rtt=all` to each media section, so browsers send the reference times
-/// `feedback` answers (they offer it, and use it only if the answer has it too).
-fn ask_for_reference_times(sdp: &str) -> String {
+/// Adds `a=rtcp-xr:rcvr-rtt=all` to each media section of an answer to an offer that has it:
+/// the browser then sends the reference times `feedback` answers, and learns the round trip.
+fn agree_to_reference_times(sdp: &str) -> String {
     sdp.split_inclusive('\n')
         .map(|line| {
             if line.starts_with("a=mid:") {
@@ -596,22 +581,19 @@ async fn serve_viewer(
         tracing::info!(viewer = %viewer.id, stream = %viewer.stream, "viewer never connected; released");
     }
     viewer.settled.cancel();
+    let mut ended = Ended::NeverConnected;
     if connected {
         let after_answer_ms = answered.elapsed().as_millis() as u64;
         tracing::info!(viewer = %viewer.id, stream = %viewer.stream, after_answer_ms, "viewer connected");
         let rtcp = tokio::spawn(forward_keyframe_requests(track.track.clone(), feed.clone()));
-        let stopped = async {
-            tokio::select! {
-                _ = state.wait_for(|s| is_over(*s)) => {}
-                _ = viewer.closed.cancelled() => {}
-            }
+        ended = tokio::select! {
+            _ = forward_packets(&viewer, &track, feed.as_ref()) => Ended::Failed,
+            _ = state.wait_for(|s| is_over(*s)) => Ended::Failed,
+            _ = viewer.closed.cancelled() => Ended::Closed,
         };
-        tokio::select! {
-            _ = forward_packets(&viewer, &track, feed.as_ref()) => {}
-            _ = stopped => {}
-        }
         rtcp.abort();
     }
+    viewer.stats.ended(ended);
     let _ = viewer.peer.close().await;
     registry.lock().expect("viewers lock").remove(&viewer.id);
     viewer.closed.cancel();
@@ -619,9 +601,9 @@ async fn serve_viewer(
     tracing::info!(
         viewer = %viewer.id,
         stream = %viewer.stream,
-        sent = viewer.stats.own.packets_sent.load(Ordering::Relaxed),
-        dropped = viewer.stats.own.packets_dropped.load(Ordering::Relaxed),
-        in_flight = ?viewer.in_flight.now(),
+        sent = stats::Counters::get(&viewer.stats.own.packets_sent),
+        dropped = stats::Counters::get(&viewer.stats.own.packets_dropped),
+        ended = ended.as_str(),
         "viewer left"
     );
 }
@@ -671,10 +653,11 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
             Verdict::Send(rtp) => {
                 // Counted before the driver can take it, so taken never runs ahead of handed.
                 viewer.in_flight.handed(rtp.payload.len());
+                let bytes = rtp.header.marshal_size() + rtp.payload.len();
                 if track.write_rtp(rtp).await.is_err() {
                     return;
                 }
-                viewer.stats.sent();
+                viewer.stats.sent(bytes);
                 if forwarder.sent == 1 {
                     let waited_ms = connected.elapsed().as_millis() as u64;
                     tracing::debug!(viewer = %viewer.id, waited_ms, "first keyframe sent");

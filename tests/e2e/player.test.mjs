@@ -374,6 +374,9 @@ test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe 
     assert.ok(stats.pliCount <= 2, `pliCount ${stats.pliCount}`);
     assert.ok(stats.framesDropped <= 2, `framesDropped ${stats.framesDropped}`);
     assert.equal(stats.freezeCount, 0, 'freezeCount');
+    // Told the round trip, Chromium shows each frame ~15 ms later: only viewers that lose packets are.
+    assert.equal(stats.roundTripTime, undefined, 'a viewer that loses nothing is not told the round-trip time');
+    assert.equal(await page.evaluate(() => window.__pcs.length), 1, 'one connection all along');
     assertClean(report, assert, 'clean-stream page');
   } finally {
     await context.close();
@@ -382,7 +385,7 @@ test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe 
 });
 
 /**
- * Runs `fn(page, iptables)` on a page playing WebRTC from a fresh gateway. `iptables.add()` puts
+ * Runs `fn(page, iptables, gateway)` on a page playing WebRTC from a fresh gateway. `iptables.add()` puts
  * `rule` in this namespace's INPUT chain (scripts/netns-run: only the test's own loopback is
  * touched), `iptables.remove()` takes it out; it is taken out in any case at the end.
  */
@@ -399,7 +402,7 @@ async function withWebRtcPageAndRule(name, rule, { initScripts = [], path = '/?m
     const t0 = Date.now();
     await page.goto(`${gw.origin}${path}`);
     await waitPlaying(page, 'WebRTC', t0 + 5000, t0);
-    await fn(page, iptables);
+    await fn(page, iptables, gw);
   } finally {
     if (added) iptables.remove();
     await context.close();
@@ -414,12 +417,22 @@ async function withWebRtcPageAndRule(name, rule, { initScripts = [], path = '/?m
 async function playThroughLoss(name, probability, seconds) {
   const loss = ['-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', String(probability), '-j', 'DROP'];
   let figures;
-  await withWebRtcPageAndRule(name, loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables) => {
+  await withWebRtcPageAndRule(name, loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables, gw) => {
     iptables.add();
+    // Seeing NACKs, the player moves to a connection that is told the round-trip time.
+    const lossFrom = Date.now();
+    const connections = await page.evaluate(() => window.__pcs.length);
+    await page.waitForFunction((n) => window.livegate.measuresRtt && window.__pcs.length > n
+      && window.livegate.state === 'playing' && window.__pcs[n].connectionState === 'connected'
+      && window.__pcs.slice(0, n).every((pc) => pc.connectionState === 'closed'), connections, { timeout: 20000, polling: 200 });
+    const upgradedMs = Date.now() - lossFrom;
     const before = await inboundVideo(page);
     const since = await page.evaluate(() => { window.__e2e.longestGap = 0; return performance.now(); });
     await sleep(seconds * 1000);
     const after = await inboundVideo(page);
+    iptables.remove();
+    const metrics = (await gw.get('/metrics')).body;
+    const nackedByGateway = Number(/^livegate_rtp_packets_nacked_total\{stream="live"\} (\d+)$/m.exec(metrics)?.[1]);
     const { latencies, longestGapMs } = await page.evaluate((t) => ({
       latencies: window.__e2e.samples.filter((s) => s.t >= t && s.latency !== null).map((s) => s.latency),
       longestGapMs: Math.round(window.__e2e.longestGap),
@@ -428,9 +441,10 @@ async function playThroughLoss(name, probability, seconds) {
     const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
     const delta = (k) => after[k] - before[k];
     figures = {
-      loss: probability, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
+      loss: probability, upgradedMs, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
       freezes: delta('freezeCount'), freezeSeconds: Number(delta('totalFreezesDuration').toFixed(3)), packetsLost: delta('packetsLost'),
       longestGapMs, p50: pct(0.5), p95: pct(0.95), rttMs: after.roundTripTime === undefined ? null : after.roundTripTime * 1000,
+      nackedByGateway,
     };
   });
   log(`${probability * 100} % loss over ${seconds} s: ${JSON.stringify(figures)}`);
@@ -441,6 +455,7 @@ test('10. a lossy network: 2 % of UDP packets dropped both ways; WebRTC keeps pl
   const seconds = 30;
   const figures = results.loss2 = await playThroughLoss('loss-2', 0.02, seconds);
   assert.ok(figures.nacks > 0, 'losses are repaired with NACKs');
+  assert.ok(figures.nackedByGateway > 0, `/metrics counts the packets NACKed (${figures.nackedByGateway})`);
   assert.ok(figures.freezes <= (2 * seconds) / 60, `${figures.freezes} freezes in ${seconds} s`);
   assert.ok(figures.framesDecoded >= 0.95 * 30 * seconds, `frames decoded ${figures.framesDecoded} of ${30 * seconds}`);
   assert.ok(figures.p95 <= 150, `glass-to-glass p95 ${figures.p95} ms`);
