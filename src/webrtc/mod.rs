@@ -413,18 +413,12 @@ impl WebRtc {
 
         let in_flight = Arc::new(InFlight::default());
         let stats = Arc::new(ViewerStats::start(self.stream_totals(stream)));
-        let (peer, port) = match self.bind_peer(handler, in_flight.clone(), stats.clone()).await {
-            Ok(bound) => bound,
-            Err(err) => {
-                stats.ended(Ended::NeverConnected);
-                return Err(err);
-            }
-        };
-        // Closes the peer on every way out: an unclosed peer keeps its UDP socket bound.
-        let guard = PeerGuard(Some(peer.clone()));
+        let mut unfinished = Unfinished { stats: Some(stats.clone()), peer: None };
+        let (peer, port) = self.bind_peer(handler, in_flight.clone(), stats.clone()).await?;
+        unfinished.peer = Some(peer.clone());
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
         let (track, answer) = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await?;
-        guard.disarm();
+        unfinished.done();
 
         let viewer = Arc::new(Viewer {
             id: uuid::Uuid::new_v4().to_string(),
@@ -496,18 +490,26 @@ impl WebRtc {
     }
 }
 
-/// Closes a peer when dropped, unless disarmed once the peer has an owner.
-struct PeerGuard(Option<Arc<dyn PeerConnection>>);
+/// A session being set up. If it ends before it has a viewer, it counts as never connected, and
+/// its peer is closed: an unclosed peer keeps its UDP socket bound.
+struct Unfinished {
+    stats: Option<Arc<ViewerStats>>,
+    peer: Option<Arc<dyn PeerConnection>>,
+}
 
-impl PeerGuard {
-    fn disarm(mut self) {
-        self.0 = None;
+impl Unfinished {
+    fn done(mut self) {
+        self.stats = None;
+        self.peer = None;
     }
 }
 
-impl Drop for PeerGuard {
+impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(peer) = self.0.take() {
+        if let Some(stats) = self.stats.take() {
+            stats.ended(Ended::NeverConnected);
+        }
+        if let Some(peer) = self.peer.take() {
             tokio::spawn(async move {
                 let _ = peer.close().await;
             });
