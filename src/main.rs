@@ -3,8 +3,9 @@ use livegate::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// With glibc's allocator RSS grew by ~0.4 MB per WebRTC viewer (webrtc-rs's per-peer driver
-/// allocates zeroed ~100 KB receive buffers, and glibc zeroes a reused chunk by writing to it);
-/// with jemalloc, 200 viewers take 112 MB instead of 132 (docs/BENCHMARKS.md).
+/// allocates zeroed ~100 KB receive buffers, and glibc zeroes a reused chunk by writing to it).
+/// jemalloc measured: 200 viewers on a fresh gateway 112 MB instead of 132, the overload peak of
+/// a whole `make bench` run 138 MB instead of 145–151 (docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
