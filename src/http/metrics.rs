@@ -141,12 +141,10 @@ impl fmt::Debug for StreamCollector {
     }
 }
 
-const STATES: [(StreamState, &str); 4] = [
-    (StreamState::Starting, "starting"),
-    (StreamState::Playing, "playing"),
-    (StreamState::NoSignal, "no-signal"),
-    (StreamState::Error, "error"),
-];
+/// A state as `/api/streams` names it (its serde form), so the two never differ.
+fn state_name(state: &StreamState) -> String {
+    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
 
 impl Collector for StreamCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
@@ -162,8 +160,8 @@ impl Collector for StreamCollector {
             ),
             streams.iter().flat_map(|s| {
                 let now = s.status().state;
-                STATES.iter().map(move |(state, text)| {
-                    (vec![("stream", s.name.clone()), ("state", (*text).to_owned())], i64::from(*state == now))
+                StreamState::ALL.map(|state| {
+                    (vec![("stream", s.name.clone()), ("state", state_name(&state))], i64::from(state == now))
                 })
             }),
         )?;

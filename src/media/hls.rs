@@ -88,10 +88,6 @@ impl Playlist {
         (self.files.len() > self.files_kept).then(|| self.files.pop_front()).flatten()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.listed.is_empty()
-    }
-
     pub fn render(&self) -> String {
         let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
         let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", self.target_seconds);

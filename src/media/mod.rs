@@ -73,6 +73,11 @@ pub enum StreamState {
     Error,
 }
 
+impl StreamState {
+    pub const ALL: [StreamState; 4] =
+        [StreamState::Starting, StreamState::Playing, StreamState::NoSignal, StreamState::Error];
+}
+
 /// A stream's state, why (unless playing), and since when (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
