@@ -5,7 +5,8 @@ into kubectl), every rendered object is validated against the Kubernetes
 JSON schemas (kubernetes-validate), and the conventions the deployment
 relies on are asserted: probes, security context, TLS and access-token
 Secret mounts, the config file and its paths, volumes, device requests,
-WebRTC reachability.
+WebRTC reachability (one media port, UDP and TCP, through hostPort,
+NodePort or LoadBalancer, and the address the candidates advertise).
 Run through tests/k8s/run.sh, which installs the pinned tools.
 """
 
@@ -36,7 +37,9 @@ K8S_VERSIONS = ["1.30.0", "1.37.0"]
 DEPLOYABLE = {
     "camera": K8S / "overlays" / "camera",
     "test": K8S / "overlays" / "test",
-    "hostport": K8S / "examples" / "hostport",
+    "hostnetwork": K8S / "examples" / "hostnetwork",
+    "nodeport": K8S / "examples" / "nodeport",
+    "loadbalancer": K8S / "examples" / "loadbalancer",
 }
 # Everything that must render, the base included.
 RENDERABLE = {"base": K8S / "base", **DEPLOYABLE}
@@ -57,6 +60,10 @@ DOCS = [ROOT / "README.md", ROOT / "certs" / "README.md", *sorted((ROOT / "docs"
 UID = 10001
 VIDEO_GID = 44
 CONFIG_KEY = "livegate.toml"
+# livegate's default single media port (--webrtc-port), UDP and ICE-TCP.
+DEFAULT_WEBRTC_PORT = 8189
+# The downward-API variable that advertises the node's address.
+PUBLIC_IP_ENV = "LIVEGATE_PUBLIC_IP"
 
 
 # --------------------------------------------------------------- helpers
@@ -177,6 +184,43 @@ def container_port(docs, port) -> int:
 
 def listen_port(cfg: dict) -> int:
     return int(cfg.get("listen", "0.0.0.0:8443").rsplit(":", 1)[1])
+
+
+def media_ports(cfg: dict) -> tuple[int, int] | None:
+    """(UDP, TCP) of the single-port mode; None in the per-viewer range mode."""
+    if "webrtc_ports" in cfg:
+        assert "webrtc_port" not in cfg, "webrtc_port and webrtc_ports exclude each other"
+        return None
+    udp = int(cfg.get("webrtc_port", DEFAULT_WEBRTC_PORT))
+    return udp, int(cfg.get("webrtc_tcp_port", udp))
+
+
+def declared_port(docs, protocol: str, number: int) -> dict:
+    found = [
+        p
+        for p in container(docs).get("ports", [])
+        if p.get("protocol", "TCP") == protocol and p["containerPort"] == number
+    ]
+    assert len(found) == 1, f"the container declares no (or several) {number}/{protocol}"
+    return found[0]
+
+
+def env_var(docs, name: str) -> dict | None:
+    found = [e for e in container(docs).get("env", []) if e["name"] == name]
+    assert len(found) <= 1, f"env {name} set twice"
+    return found[0] if found else None
+
+
+def service_port(svc: dict, docs, protocol: str, number: int) -> dict:
+    """The Service port that leads to the container's `number`/`protocol`."""
+    found = [
+        p
+        for p in svc["spec"]["ports"]
+        if p.get("protocol", "TCP") == protocol
+        and container_port(docs, p.get("targetPort", p["port"])) == number
+    ]
+    assert len(found) == 1, f"Service {svc['metadata']['name']} has no port to {number}/{protocol}"
+    return found[0]
 
 
 def walk(obj, path=()):
@@ -450,25 +494,100 @@ def test_streams_and_devices(overlay):
         assert pod_spec(overlay).get("nodeSelector", {}).get("smarter-device-manager") == "enabled"
 
 
-def test_webrtc_reachability(overlay):
+def test_webrtc_ports_declared(overlay):
+    """The single media port is declared (UDP and TCP) and named for Services."""
+    cfg = livegate_config(overlay)
+    ports = media_ports(cfg)
+    if ports is None:
+        # One UDP port per viewer: only hostNetwork (or one hostPort each).
+        rng = port_range(cfg["webrtc_ports"])
+        assert cfg.get("max_viewers", 200) <= len(rng), "one UDP port per viewer"
+        spec = pod_spec(overlay)
+        host_udp = {p["hostPort"] for p in container(overlay).get("ports", [])
+                    if p.get("protocol") == "UDP" and "hostPort" in p}
+        assert spec.get("hostNetwork") or host_udp == set(rng), "a port range needs the node's network"
+        return
+    udp, tcp = ports
+    assert declared_port(overlay, "UDP", udp)["name"] == "webrtc-udp"
+    assert declared_port(overlay, "TCP", tcp)["name"] == "webrtc-tcp"
+
+
+def test_webrtc_host_ports(overlay):
+    """A port published on the node keeps its number: the candidate carries it."""
     cfg = livegate_config(overlay)
     spec = pod_spec(overlay)
-    ports = port_range(cfg.get("webrtc_ports", "50000-50099"))
-    assert cfg.get("max_viewers", 200) <= len(ports), "one UDP port per viewer"
+    published = [p for p in container(overlay).get("ports", []) if "hostPort" in p]
     if spec.get("hostNetwork"):
         assert spec.get("dnsPolicy") == "ClusterFirstWithHostNet"
-        assert not any("hostPort" in p for p in container(overlay).get("ports", []))
+    for p in published:
+        assert p["hostPort"] == p["containerPort"], f"hostPort {p['hostPort']} != containerPort"
+    ports = media_ports(cfg)
+    if not published or ports is None:
         return
-    host_udp = {
-        p["hostPort"]
-        for p in container(overlay).get("ports", [])
-        if p.get("protocol") == "UDP" and "hostPort" in p
-    }
-    if host_udp:
-        # Without hostNetwork every WebRTC port needs its own hostPort, and
-        # the candidates must carry an address viewers can reach.
-        assert host_udp == set(ports), "hostPorts must cover webrtc_ports exactly"
-        assert cfg.get("public_ip"), "hostPort mode needs public_ip"
+    udp, tcp = ports
+    assert declared_port(overlay, "UDP", udp).get("hostPort") == udp
+    assert declared_port(overlay, "TCP", tcp).get("hostPort") == tcp
+    assert declared_port(overlay, "TCP", listen_port(cfg)).get("hostPort"), "HTTPS on the node too"
+
+
+def advertised_address(overlay) -> str:
+    """Where the candidates' address comes from: 'hostIP', 'config' or 'pod'."""
+    cfg = livegate_config(overlay)
+    env = env_var(overlay, PUBLIC_IP_ENV)
+    if env:
+        return "hostIP"
+    return "config" if cfg.get("public_ip") else "pod"
+
+
+def test_public_ip_source(overlay):
+    """LIVEGATE_PUBLIC_IP, where set, is the node's address from the downward API."""
+    cfg = livegate_config(overlay)
+    env = env_var(overlay, PUBLIC_IP_ENV)
+    if env is not None:
+        assert "value" not in env, f"{PUBLIC_IP_ENV} comes from the downward API"
+        assert env["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+        # flags > env > file: a public_ip in the ConfigMap would be ignored.
+        assert "public_ip" not in cfg, f"{PUBLIC_IP_ENV} overrides public_ip in {CONFIG_KEY}"
+    others = [e["name"] for e in container(overlay).get("env", [])
+              if e["name"].startswith("LIVEGATE_") and e["name"] != PUBLIC_IP_ENV]
+    assert not others, f"settings belong in {CONFIG_KEY}: {others}"
+
+
+def test_webrtc_reachable_from_outside(overlay):
+    """How browsers outside reach the media port, and what the candidates say."""
+    cfg = livegate_config(overlay)
+    ports = media_ports(cfg)
+    if ports is None:
+        return
+    udp, tcp = ports
+    spec = pod_spec(overlay)
+    svc = only(overlay, "Service")
+    kind = svc["spec"].get("type", "ClusterIP")
+    on_node = spec.get("hostNetwork") or any("hostPort" in p for p in container(overlay).get("ports", []))
+    svc_udp = service_port(svc, overlay, "UDP", udp)
+    svc_tcp = service_port(svc, overlay, "TCP", tcp)
+    address = advertised_address(overlay)
+    if on_node:
+        # The node's own port: advertise the node (or a NAT in front of it).
+        assert address in ("hostIP", "config"), "a host port needs the node's address advertised"
+    elif kind == "NodePort":
+        assert svc_udp.get("nodePort") == udp and svc_tcp.get("nodePort") == tcp, (
+            "the nodePort must be webrtc_port's number: the candidate carries it"
+        )
+        assert address in ("hostIP", "config")
+        if address == "hostIP":
+            # Only the advertised node (the pod's) must answer, unmasqueraded.
+            assert svc["spec"].get("externalTrafficPolicy") == "Local"
+    elif kind == "LoadBalancer":
+        assert svc_udp["port"] == udp and svc_tcp["port"] == tcp, (
+            "the load balancer's port must be webrtc_port's number"
+        )
+        assert address == "config", "advertise the load balancer's address (public_ip)"
+    else:
+        # ClusterIP: browsers that route to pod IPs only; the pod IP is advertised.
+        assert kind == "ClusterIP"
+        assert address == "pod", "public_ip without a way in from outside"
+        assert svc_udp["port"] == udp and svc_tcp["port"] == tcp
 
 
 def test_pod_security_level(overlay):
@@ -483,14 +602,60 @@ def test_pod_security_level(overlay):
 # ---------------------------------------------------- overlay specifics
 
 
+def test_base_uses_the_pod_network():
+    docs = render(RENDERABLE["base"])
+    cfg = livegate_config(docs)
+    assert cfg.get("webrtc_port") == DEFAULT_WEBRTC_PORT and "webrtc_ports" not in cfg
+    spec = pod_spec(docs)
+    assert not spec.get("hostNetwork"), "no hostNetwork in the base"
+    assert not any("hostPort" in p for p in container(docs).get("ports", [])), "no hostPort in the base"
+    assert env_var(docs, PUBLIC_IP_ENV) is None and "public_ip" not in cfg
+    ports = {(p["name"], p["containerPort"], p["protocol"]) for p in container(docs)["ports"]}
+    assert ports == {("https", 8443, "TCP"), ("webrtc-udp", 8189, "UDP"), ("webrtc-tcp", 8189, "TCP")}
+    svc = only(docs, "Service")
+    assert svc["spec"]["type"] == "ClusterIP"
+    svc_ports = {(p["name"], p["port"], p["protocol"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert svc_ports == {("https", 443, "TCP", "https"), ("webrtc-udp", 8189, "UDP", "webrtc-udp"),
+                         ("webrtc-tcp", 8189, "TCP", "webrtc-tcp")}
+    labels = only(docs, "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
 def test_camera_overlay():
     docs = render(DEPLOYABLE["camera"])
     cfg = livegate_config(docs)
     assert [s["source"] for s in cfg["stream"]] == ["v4l2:/dev/video0"]
     assert container(docs)["resources"]["limits"]["smarter-devices/video0"] in ("1", 1)
     spec = pod_spec(docs)
-    assert spec.get("hostNetwork") is True
+    assert not spec.get("hostNetwork"), "hostPort, not hostNetwork"
     assert spec["nodeSelector"]["smarter-device-manager"] == "enabled"
+    published = {(p["hostPort"], p["protocol"]) for p in container(docs)["ports"] if "hostPort" in p}
+    assert published == {(8443, "TCP"), (8189, "UDP"), (8189, "TCP")}
+    assert env_var(docs, PUBLIC_IP_ENV)["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+
+
+def test_hostnetwork_example():
+    docs = render(DEPLOYABLE["hostnetwork"])
+    spec = pod_spec(docs)
+    assert spec.get("hostNetwork") is True
+    assert spec.get("dnsPolicy") == "ClusterFirstWithHostNet"
+    assert only(docs, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_nodeport_and_loadbalancer_examples():
+    np = render(DEPLOYABLE["nodeport"])
+    assert only(np, "Service")["spec"]["type"] == "NodePort"
+    assert env_var(np, PUBLIC_IP_ENV)["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    # The default NodePort range is 30000-32767.
+    for p in only(np, "Service")["spec"]["ports"]:
+        assert 30000 <= p["nodePort"] <= 32767, p
+    lb = render(DEPLOYABLE["loadbalancer"])
+    assert only(lb, "Service")["spec"]["type"] == "LoadBalancer"
+    assert env_var(lb, PUBLIC_IP_ENV) is None and livegate_config(lb)["public_ip"]
+    for docs in (np, lb):
+        spec = pod_spec(docs)
+        assert not spec.get("hostNetwork")
+        assert not any("hostPort" in p for p in container(docs)["ports"])
 
 
 def test_test_overlay_runs_anywhere():
@@ -632,9 +797,11 @@ def test_dockerfile():
     assert re.search(rf"(?m)^USER {UID}:{UID}$", runtime), "numeric non-root user"
     assert re.search(r"(?m)^ENTRYPOINT \[\"/usr/local/bin/livegate\"\]$", runtime)
     base = tomllib.loads((K8S / "base" / CONFIG_KEY).read_text())
-    ports = port_range(base["webrtc_ports"])
-    expose = f"EXPOSE {listen_port(base)}/tcp {ports.start}-{ports.stop - 1}/udp"
-    assert re.search(rf"(?m)^{re.escape(expose)}$", runtime)
+    udp, tcp = media_ports(base)
+    expose = re.findall(r"(?m)^EXPOSE (.+)$", runtime)
+    assert len(expose) == 1, "one EXPOSE line"
+    want = {f"{listen_port(base)}/tcp", f"{udp}/udp", f"{tcp}/tcp"}
+    assert set(expose[0].split()) == want, f"EXPOSE {expose[0]}: want {' '.join(sorted(want))} (k8s/base)"
     for pkg in ("ca-certificates", "libgstreamer1.0-0", "gstreamer1.0-plugins-base",
                 "gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad",
                 "gstreamer1.0-plugins-ugly", "gstreamer1.0-libav"):
