@@ -6,13 +6,16 @@ JSON schemas (kubernetes-validate), and the conventions the deployment
 relies on are asserted: probes, security context, TLS and access-token
 Secret mounts, the config file and its paths, volumes, device requests,
 WebRTC reachability (one media port, UDP and TCP, through hostPort,
-NodePort or LoadBalancer, and the address the candidates advertise).
+NodePort or LoadBalancer, and the address the candidates advertise), and
+the monitoring example (PodMonitor, Grafana dashboard whose queries use only
+series that src/http/metrics.rs exposes).
 Run through tests/k8s/run.sh, which installs the pinned tools.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -28,6 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 DEVICE_MANAGER = ROOT / "device_manager" / "device-manager.yaml"
 CERTIFICATE = K8S / "examples" / "certificate.yaml"
+# Prometheus Operator and Grafana: CRD objects, so rendered on their own.
+MONITORING = K8S / "examples" / "monitoring"
+DASHBOARD = MONITORING / "livegate-dashboard.json"
+METRICS_RS = ROOT / "src" / "http" / "metrics.rs"
 
 # Kubernetes API versions whose schemas every object must satisfy: the
 # oldest supported minor and the newest bundled in kubernetes-validate.
@@ -775,6 +782,310 @@ def test_check_config_rejects_a_bad_setting(tmp_path):
     proc = check_config(tmp_path, bad)
     assert proc.returncode != 0, "a bad setting must fail --check-config"
     assert "fps" in proc.stdout + proc.stderr, "the message names the bad setting"
+
+
+# ------------------------------------------------- monitoring example
+#
+# The dashboard's queries may only name series that /metrics exposes. The
+# names come from src/http/metrics.rs itself, derived the way
+# prometheus-client writes them (name, then _<unit>, then _total for
+# counters), so a renamed or misspelt series fails here.
+
+# Labels Prometheus (and the Prometheus Operator's PodMonitor) add to every
+# scraped series.
+TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "job", "instance", "service"}
+PROMQL_FUNCTIONS = {
+    "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
+    "quantile", "count_values", "rate", "irate", "increase", "delta", "idelta", "deriv",
+    "changes", "resets", "abs", "ceil", "floor", "round", "clamp", "clamp_min", "clamp_max",
+    "histogram_quantile", "label_replace", "label_join", "vector", "scalar", "time",
+    "timestamp", "absent", "absent_over_time", "avg_over_time", "min_over_time",
+    "max_over_time", "sum_over_time", "count_over_time", "last_over_time",
+    "quantile_over_time", "sort", "sort_desc", "predict_linear", "sqrt", "ln", "exp",
+}
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on",
+                   "ignoring", "group_left", "group_right", "inf", "nan"}
+GROUPING = r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)"
+
+
+@functools.cache
+def metrics_source() -> str:
+    # Comments out; strings stay (the names are string literals).
+    return re.sub(r"(?m)//.*$", "", METRICS_RS.read_text())
+
+
+def statement_around(src: str, start: int, end: int) -> str:
+    return src[src.rfind(";", 0, start) + 1 : (src.find(";", end) + 1) or len(src)]
+
+
+@functools.cache
+def exposed_series() -> frozenset[str]:
+    """Every series name /metrics can expose, from src/http/metrics.rs."""
+    src = metrics_source()
+    assert "with_prefix" not in src, "a registry prefix: teach exposed_series() about it"
+    families: dict[str, tuple[str, str | None]] = {}
+    string = r'"(?:[^"\\]|\\.)*"'
+    # Collector descriptors: ("name", "help", None | Some(&Unit::X)).
+    for m in re.finditer(
+        rf'\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"\s*,\s*{string}\s*,\s*(None|Some\(\s*&?\s*Unit::(\w+)\s*\))\s*,?\s*\)',
+        src,
+    ):
+        stmt = statement_around(src, m.start(), m.end())
+        kind = "gauge" if re.search(r"\bgauge\s*\(|MetricType::Gauge|\bConstGauge\b", stmt) else "counter"
+        if re.search(r"MetricType::Histogram|\bHistogram\b", stmt):
+            kind = "histogram"
+        families[m.group(1)] = (kind, m.group(3))
+    # Registered metrics: registry.register[_with_unit]("name", "help", [Unit::X,] metric).
+    for m in re.finditer(
+        rf'\.register(?:_with_unit)?\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"\s*,\s*{string}\s*,\s*(?:Unit::(\w+)\s*,\s*)?(\w+)',
+        src,
+    ):
+        decl = re.search(rf"\b{m.group(3)}\b[^;]*?\b(Counter|Gauge|Histogram)\b", src)
+        assert decl, f"cannot tell the type of {m.group(1)}"
+        families[m.group(1)] = (decl.group(1).lower(), m.group(2))
+    names = set()
+    for name, (kind, unit) in families.items():
+        if unit:
+            name = f"{name}_{unit.lower()}"
+        if kind == "counter":
+            names.add(f"{name}_total")
+        elif kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return frozenset(names)
+
+
+@functools.cache
+def exposed_labels() -> frozenset[str]:
+    """Label names in src/http/metrics.rs (a superset: label values may match too)."""
+    src = metrics_source()
+    string = r'"(?:[^"\\]|\\.)*"'
+    # ("label", value) pairs; not ("name", "help", unit) descriptors.
+    labels = set(re.findall(rf'\(\s*"([a-z_][a-z0-9_]*)"\s*,(?!\s*{string}\s*,)', src))
+    for body in re.findall(r"EncodeLabelSet\b[^\]]*\]\s*(?:pub(?:\([^)]*\))?\s+)?struct\s+\w+\s*\{([^}]*)\}", src):
+        labels |= set(re.findall(r"(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:", body))
+    return frozenset(labels)
+
+
+def readme_states() -> set[str]:
+    """The stream states README documents for /api/streams (the same as the metric's)."""
+    m = re.search(r"`state` \(`([a-z|\\-]+)`\)", (ROOT / "README.md").read_text())
+    assert m, "README documents the stream states"
+    return set(m.group(1).replace("\\", "").split("|"))
+
+
+def promql_parts(expr: str) -> tuple[set[str], set[str], list[tuple[str, str]]]:
+    """(metric names, label names, (label, value) equality matchers) of a PromQL expression."""
+    e = re.sub(r"\$\{?__\w+\}?", "5m", expr)
+    matchers = re.findall(r'([a-zA-Z_]\w*)\s*(?:=|!=)\s*"([^"$]*)"', e)
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', e)
+    labels = set()
+    for body in re.findall(r"\{([^}]*)\}", e):
+        labels |= set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", body))
+    e = re.sub(r"\{[^}]*\}", " ", e)
+    for _, body in re.findall(GROUPING, e):
+        labels |= {x.strip() for x in body.split(",") if x.strip()}
+    e = re.sub(GROUPING, " ", e)
+    e = re.sub(r"\[[^\]]*\]", " ", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", e):
+        word, call = m.group(1), m.group(2)
+        if call:
+            assert word in PROMQL_FUNCTIONS, f"unknown PromQL function {word} in {expr}"
+        elif word.lower() not in PROMQL_KEYWORDS:
+            names.add(word)
+    return names, labels, [(k, v) for k, v in matchers if v]
+
+
+def check_queries(queries: list[str]) -> list[str]:
+    """What is wrong with these queries: unknown series, labels or states."""
+    known, labels, states = exposed_series(), exposed_labels() | TARGET_LABELS, readme_states()
+    problems = []
+    for q in queries:
+        names, used, matchers = promql_parts(q)
+        problems += [f"unknown series {n} in {q}" for n in sorted(names - known)]
+        problems += [f"unknown label {label} in {q}" for label in sorted(used - labels)]
+        problems += [f"unknown state {v} in {q}" for k, v in matchers if k == "state" and v not in states]
+    return problems
+
+
+@functools.cache
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def all_panels(dash: dict):
+    for p in dash["panels"]:
+        yield p
+        yield from p.get("panels", [])
+
+
+def dashboard_queries(dash: dict) -> list[str]:
+    """Every PromQL expression: panel targets and the variables' label_values() selectors."""
+    exprs = [t["expr"] for p in all_panels(dash) for t in p.get("targets", [])]
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", q)
+            assert m, f"variable {var['name']}: expected label_values(selector, label), got {q}"
+            exprs.append(f"group by ({m.group(2)}) ({m.group(1)})")
+    return exprs
+
+
+def test_metrics_parser_finds_the_series():
+    known = exposed_series()
+    assert len(known) >= 15, f"parsed too few series from {METRICS_RS.name}: {sorted(known)}"
+    for name in ("livegate_stream_state", "livegate_rtp_packets_sent_total",
+                 "process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "livegate_http_requests_total"):
+        assert name in known, f"{name} not found in {METRICS_RS.name}: {sorted(known)}"
+    assert {"stream", "state", "endpoint", "status"} <= exposed_labels()
+
+
+def test_query_check_catches_unknown_series_and_labels():
+    """The check can fail: names and labels that /metrics does not have."""
+    assert check_queries(['sum(rate(livegate_rtp_sent_bytes_total{stream="x"}[5m])) * 8']) == []
+    bad = check_queries([
+        "sum(rate(livegate_rtp_bytes_sent_total[$__rate_interval]))",
+        "livegate_viewers",
+        "sum by (camera) (livegate_webrtc_viewers)",
+        'livegate_stream_state{state="offline"}',
+    ])
+    assert len(bad) == 4, bad
+
+
+def render_monitoring() -> tuple[dict, ...]:
+    return render(MONITORING)
+
+
+def test_monitoring_example_renders():
+    docs = render_monitoring()
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PodMonitor"]
+    for d in docs:
+        assert d["metadata"]["namespace"] == NAMESPACE
+        assert d["metadata"]["labels"]["app.kubernetes.io/name"] == "livegate"
+    cm = only(docs, "ConfigMap")
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(cm, version, strict=True)
+    assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", "Grafana's sidecar label"
+    assert json.loads(cm["data"][DASHBOARD.name]) == dashboard()
+    # CRD objects stay out of the overlays, which must apply without them.
+    for name, path in DEPLOYABLE.items():
+        assert not any(d["kind"] == "PodMonitor" for d in render(path)), name
+
+
+# The PodMonitor fields this example may use (monitoring.coreos.com/v1):
+# kubernetes-validate has no CRD schemas, so a typo'd field, which the API
+# server would drop, is caught here.
+PODMONITOR_SPEC = {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel",
+                   "podTargetLabels", "sampleLimit", "attachMetadata"}
+PODMONITOR_ENDPOINT = {"port", "portNumber", "path", "scheme", "interval", "scrapeTimeout",
+                       "authorization", "tlsConfig", "honorLabels", "relabelings",
+                       "metricRelabelings", "params", "followRedirects", "enableHttp2"}
+SAFE_TLS = {"ca", "serverName", "insecureSkipVerify", "minVersion", "maxVersion"}
+
+
+def test_podmonitor():
+    pm = only(render_monitoring(), "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(pm) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = pm["spec"]
+    assert set(spec) <= PODMONITOR_SPEC, set(spec) - PODMONITOR_SPEC
+    match = spec["selector"]["matchLabels"]
+    assert set(spec["selector"]) == {"matchLabels"}
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert set(endpoint) <= PODMONITOR_ENDPOINT, set(endpoint) - PODMONITOR_ENDPOINT
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["scheme"] == "https", "livegate serves HTTPS only"
+    assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+    # Every deployable overlay's pod is selected, and the named port is HTTPS.
+    for name, path in DEPLOYABLE.items():
+        docs = render(path)
+        pod_labels = workload(docs)["spec"]["template"]["metadata"]["labels"]
+        assert match.items() <= pod_labels.items(), f"{name}: the PodMonitor selects no pod"
+        port = container_port(docs, endpoint["port"])
+        assert port == listen_port(livegate_config(docs)), f"{name}: port {endpoint['port']} is not HTTPS"
+    # /metrics wants an admin token: the one the pod reads from livegate-auth.
+    auth = endpoint["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    assert set(auth["credentials"]) == {"name", "key"}
+    assert auth["credentials"] == {"name": AUTH_SECRET, "key": AUTH_FILES["admin_token_file"]}
+    tls = endpoint["tlsConfig"]
+    assert set(tls) <= SAFE_TLS, set(tls) - SAFE_TLS
+    assert tls.get("insecureSkipVerify") is True or "ca" in tls, "skip verification or name a CA"
+    for docs in (render(p) for p in DEPLOYABLE.values()):
+        cfg = livegate_config(docs)
+        mount, vol = mount_for(docs, cfg["admin_token_file"])
+        assert vol["secret"]["secretName"] == AUTH_SECRET
+        assert PurePosixPath(cfg["admin_token_file"]).name == auth["credentials"]["key"]
+
+
+def test_dashboard_structure():
+    dash = dashboard()
+    assert dash["uid"] and dash["title"] and isinstance(dash["schemaVersion"], int)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = list(all_panels(dash))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    cells = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{p['title']} is wider than the grid"
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & area, f"panel {p['title']} overlaps another"
+        cells |= area
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"], f"{p['title']} has no query"
+        refs = [t["refId"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)), f"{p['title']}: refIds are unique"
+        for t in p["targets"]:
+            used = set(re.findall(r"\$\{?(\w+)\}?", t["expr"])) - {"__rate_interval", "__range", "__interval"}
+            assert used <= variables.keys(), f"{p['title']}: undefined variables {used - variables.keys()}"
+            legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")))
+            assert legend <= exposed_labels() | TARGET_LABELS, f"{p['title']}: legend labels {legend}"
+
+
+def test_dashboard_uses_only_exposed_series():
+    problems = check_queries(dashboard_queries(dashboard()))
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_shows_what_an_operator_needs():
+    exprs = [t["expr"] for p in all_panels(dashboard()) for t in p.get("targets", [])]
+    text = "\n".join(exprs)
+    for series in ("livegate_webrtc_viewers", "livegate_rtp_packets_dropped_total",
+                   "livegate_keyframe_requests_total", "livegate_keyframes_forced_total",
+                   "livegate_stream_state", "livegate_source_reconnects_total",
+                   "process_cpu_seconds_total", "process_resident_memory_bytes"):
+        assert series in text, f"the dashboard does not show {series}"
+    # Bitrate: bytes per second times 8.
+    assert any(re.search(r"rate\(livegate_rtp_sent_bytes_total\{[^}]*\}\[[^\]]+\]\)\)?\s*\*\s*8\b", e) for e in exprs)
+    # Counters only make sense through rate/increase.
+    for e in exprs:
+        for name in promql_parts(e)[0]:
+            if name.endswith("_total"):
+                assert re.search(rf"\b(rate|irate|increase)\(\s*{name}\b", e), f"{name} without rate() in {e}"
+
+
+def test_dashboard_queries_parse_with_promtool(tmp_path):
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool not installed (Debian: prometheus)")
+    rules = []
+    for i, q in enumerate(dashboard_queries(dashboard())):
+        q = re.sub(r"\$\{?__(rate_interval|interval)\}?", "1m", q)
+        q = re.sub(r"\$\{?__range\}?", "1h", q)
+        q = re.sub(r"\$\{?\w+\}?", ".*", q)
+        rules.append({"record": f"livegate:dashboard_check:{i}", "expr": q})
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ------------------------------------------------ image and build script
