@@ -19,7 +19,8 @@ pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_BITRATE: Bitrate = Bitrate { kbps: 2000 };
-pub const DEFAULT_WEBRTC_PORTS: PortRange = PortRange { low: 50000, high: 50099 };
+/// The one UDP port every viewer's media uses (MediaMTX's default too).
+pub const DEFAULT_WEBRTC_PORT: u16 = 8189;
 pub const DEFAULT_WEBRTC_BIND: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MAX_VIEWERS: usize = 200;
 pub const DEFAULT_MAX_PENDING_PER_IP: usize = 8;
@@ -118,7 +119,10 @@ pub struct Settings {
     /// Serve plain HTTP (behind a TLS-terminating proxy only).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_tls: Option<bool>,
-    /// UDP port range for WebRTC media, one port per viewer [default: 50000-50099].
+    /// UDP port for every viewer's WebRTC media [default: 8189].
+    #[arg(long, value_name = "PORT")]
+    pub webrtc_port: Option<u16>,
+    /// UDP port range for WebRTC media, one port per viewer, instead of --webrtc-port.
     #[arg(long, value_name = "LOW-HIGH")]
     pub webrtc_ports: Option<PortRange>,
     /// Address WebRTC media binds to [default: 0.0.0.0, every interface].
@@ -191,7 +195,7 @@ impl Settings {
     fn over(self, lower: Settings) -> Settings {
         layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder, source_timeout,
             latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
-            webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
+            webrtc_port, webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
             admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
             jwt_audience, jwt_issuer, max_pending_per_ip, signalling_rate, trusted_proxy, cors_origin)
     }
@@ -566,9 +570,27 @@ pub enum TlsMode {
     Off,
 }
 
+/// Where WebRTC media is served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPorts {
+    /// One UDP socket for every viewer.
+    Shared(u16),
+    /// A UDP port of its own for each viewer.
+    PerViewer(PortRange),
+}
+
+impl fmt::Display for MediaPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MediaPorts::Shared(port) => write!(f, "{port} (shared)"),
+            MediaPorts::PerViewer(range) => write!(f, "{range} (one per viewer)"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WebRtcSettings {
-    pub ports: PortRange,
+    pub ports: MediaPorts,
     pub bind: IpAddr,
     pub public_ip: Option<IpAddr>,
     pub ice_servers: Vec<IceServer>,
@@ -725,6 +747,18 @@ impl Config {
         if max_viewers == 0 {
             return Err(invalid("max_viewers", 0, "at least 1"));
         }
+        let media_ports = match (s.webrtc_port, s.webrtc_ports) {
+            (Some(0), _) => return Err(invalid("webrtc_port", 0, "a port from 1 to 65535")),
+            (Some(port), Some(range)) => {
+                return Err(invalid(
+                    "webrtc_ports",
+                    range,
+                    format!("either webrtc_port ({port}, one port for all) or webrtc_ports (one per viewer), not both"),
+                ))
+            }
+            (_, Some(range)) => MediaPorts::PerViewer(range),
+            (port, None) => MediaPorts::Shared(port.unwrap_or(DEFAULT_WEBRTC_PORT)),
+        };
         if let Some(ip) = s.public_ip.filter(|ip| ip.is_unspecified()) {
             return Err(invalid("public_ip", ip, "a concrete address other peers can reach"));
         }
@@ -767,7 +801,7 @@ impl Config {
             web_dir: s.web_dir,
             tls,
             webrtc: WebRtcSettings {
-                ports: s.webrtc_ports.unwrap_or(DEFAULT_WEBRTC_PORTS),
+                ports: media_ports,
                 bind: s.webrtc_bind.unwrap_or(DEFAULT_WEBRTC_BIND),
                 public_ip: s.public_ip,
                 ice_servers: s.ice_server.unwrap_or_default(),
@@ -884,7 +918,7 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.streams, vec![StreamSpec { name: "live".into(), source: Source::Test }]);
         assert_eq!(c.video, VideoSettings { width: 1280, height: 720, fps: 30, bitrate_kbps: 2000 });
-        assert_eq!(c.webrtc.ports, PortRange { low: 50000, high: 50099 });
+        assert_eq!(c.webrtc.ports, MediaPorts::Shared(8189));
         assert_eq!(c.webrtc.max_viewers, 200);
         assert!(matches!(c.tls, TlsMode::SelfSigned { .. }));
         assert_eq!(c.encoder, EncoderChoice::Auto);
@@ -946,6 +980,8 @@ mod tests {
             (&["--bitrate", "fast"], ACCEPTED_BITRATES),
             (&["--bitrate", "10"], "out of range"),
             (&["--webrtc-ports", "6000-5000"], "LOW-HIGH"),
+            (&["--webrtc-port", "0"], "1 to 65535"),
+            (&["--webrtc-port", "9000", "--webrtc-ports", "5000-5001"], "not both"),
             (&["--tls-cert", "/c.pem"], "`tls_key`"),
             (&["--no-tls", "--tls-cert", "/c", "--tls-key", "/k"], "not both"),
             (&["--max-viewers", "0"], "at least 1"),

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, StatusCode, Uri};
 use livegate::auth::{Access, Auth, Denied, Grant, Role, StreamScope};
-use livegate::config::{AccessSettings, ClientLimits, PortRange, WebRtcSettings};
+use livegate::config::{AccessSettings, ClientLimits, MediaPorts, WebRtcSettings};
 use livegate::http::{hls, identity};
 use livegate::signalling::limits::{ClientIp, Limits};
 use livegate::signalling::session::{Action, Session};
@@ -208,7 +208,7 @@ fn whep_app() -> axum::Router {
     APP.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = WebRtcSettings {
-            ports: PortRange { low: 62000, high: 62003 },
+            ports: MediaPorts::Shared(0),
             bind: "127.0.0.1".parse().unwrap(),
             public_ip: None,
             ice_servers: vec![],

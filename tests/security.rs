@@ -368,8 +368,7 @@ async fn time_until_viewers(gateway: &Gateway, viewers: u64, within: Duration) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn never_connecting_sessions_and_hang_ups_harm_no_one() {
-    let ports = common::port_range(40);
-    let gateway = Gateway::start_in(&args(&[]), tempfile::tempdir().unwrap(), &ports);
+    let gateway = Gateway::start(&args(&[]));
     gateway.wait_for_state("live", "playing", START).await;
     let offer = Viewer::new().offer();
     let whep = gateway.url("/whep/live");

@@ -25,7 +25,9 @@ impl IntoResponse for SignallingError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SignallingError::WebRtc(WebRtcError::Offer(_) | WebRtcError::Candidate { .. }) => StatusCode::BAD_REQUEST,
-            SignallingError::WebRtc(WebRtcError::Setup(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            SignallingError::WebRtc(WebRtcError::Setup(_) | WebRtcError::Bind { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %self, "request failed");

@@ -229,7 +229,7 @@ async fn close_with<W: Sink<Message> + Unpin>(sink: &mut W, failure: Failure) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PortRange, WebRtcSettings};
+    use crate::config::{MediaPorts, WebRtcSettings};
     use crate::webrtc::WebRtc;
     use futures_util::stream;
     use tokio_util::sync::CancellationToken;
@@ -257,7 +257,7 @@ mod tests {
 
     fn signalling(feeds: Arc<dyn super::super::Feeds>) -> Arc<Signalling> {
         let settings = WebRtcSettings {
-            ports: PortRange { low: 61000, high: 61001 },
+            ports: MediaPorts::Shared(0),
             bind: "127.0.0.1".parse().unwrap(),
             public_ip: None,
             ice_servers: vec![],

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod h264;
 pub mod ports;
 pub mod stats;
+pub mod udp_mux;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,14 +36,16 @@ use webrtc::peer_connection::{
     RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, Registry, SettingEngine, SettingEngineBuilder,
 };
+use webrtc::runtime::Runtime;
 
-use crate::config::WebRtcSettings;
+use crate::config::{MediaPorts, WebRtcSettings};
 use crate::places::{Place, Places};
 use budget::InFlight;
 use candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
 use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
 use stats::{Ended, StreamTotals, ViewerStats};
+use udp_mux::{MuxLease, UdpMux};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -50,6 +53,8 @@ pub enum WebRtcError {
     TooManyViewers { stream: String, max: usize },
     #[error("all {total} WebRTC UDP ports ({range}) are in use; widen --webrtc-ports")]
     NoFreePort { total: usize, range: String },
+    #[error("cannot bind the WebRTC media port {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
     #[error("the offer was rejected: {0}")]
     Offer(String),
     #[error("WebRTC setup failed: {0}")]
@@ -146,7 +151,29 @@ pub struct Viewer {
     in_flight: Arc<InFlight>,
     /// Held from the offer until the viewer is gone.
     _slot: Place<String>,
-    _port: PortLease,
+    media: MediaLease,
+}
+
+/// How a viewer's media reaches the network: a port of its own, or its routes on the shared one.
+enum MediaLease {
+    Port(PortLease),
+    Shared(MuxLease),
+}
+
+impl MediaLease {
+    /// The UDP port the viewer's media goes through.
+    fn port(&self) -> u16 {
+        match self {
+            MediaLease::Port(lease) => lease.port,
+            MediaLease::Shared(lease) => lease.port(),
+        }
+    }
+}
+
+/// Where media is served from: one shared socket, or a pool of ports (one per viewer).
+enum Media {
+    Shared(Arc<UdpMux>),
+    PerViewer(PortPool),
 }
 
 impl Viewer {
@@ -213,7 +240,7 @@ pub struct WebRtc {
     settings: WebRtcSettings,
     engine: MediaEngine,
     setting_engine: SettingEngine,
-    ports: PortPool,
+    media: Media,
     viewer_places: Places<String>,
     totals: Mutex<HashMap<String, Arc<StreamTotals>>>,
     viewers: Arc<Mutex<HashMap<String, Arc<Viewer>>>>,
@@ -226,15 +253,28 @@ struct Handler {
     events: mpsc::UnboundedSender<PeerEvent>,
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,
-    public_ip: Option<IpAddr>,
+    advertised: Advertised,
+}
+
+/// What host candidates say instead of the address webrtc-rs bound: the public address (1:1
+/// NAT) and the shared port.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Advertised {
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         let mut candidate = event.candidate;
-        if let (Some(ip), RTCIceCandidateType::Host) = (self.public_ip, candidate.typ) {
-            candidate.address = ip.to_string();
+        if candidate.typ == RTCIceCandidateType::Host {
+            if let Some(ip) = self.advertised.ip {
+                candidate.address = ip.to_string();
+            }
+            if let Some(port) = self.advertised.port {
+                candidate.port = port;
+            }
         }
         if let Ok(init) = candidate.to_json() {
             let _ = self.events.send(PeerEvent::Candidate(init.candidate));
@@ -280,8 +320,17 @@ impl WebRtc {
             // would wait for our own ICE agent's next check round (up to 200 ms).
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
+        let media = match settings.ports {
+            MediaPorts::Shared(port) => {
+                let addr = SocketAddr::new(settings.bind, port);
+                let mux = UdpMux::bind(addr, shutdown.clone())
+                    .map_err(|err| WebRtcError::Bind { addr, reason: err.to_string() })?;
+                Media::Shared(mux)
+            }
+            MediaPorts::PerViewer(range) => Media::PerViewer(PortPool::new(range)),
+        };
         Ok(WebRtc {
-            ports: PortPool::new(settings.ports),
+            media,
             engine: media_engine()?,
             setting_engine,
             settings,
@@ -313,13 +362,15 @@ impl WebRtc {
             .ok_or_else(|| WebRtcError::TooManyViewers { stream: stream.into(), max })
     }
 
-    /// A peer connection on `port`, from the engine and settings built once in `new`.
+    /// A peer connection whose UDP sockets bind to `addr`, wrapped by `runtime` if given, from
+    /// the engine and settings built once in `new`.
     async fn build_peer(
         &self,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
         stats: Arc<ViewerStats>,
-        port: u16,
+        addr: SocketAddr,
+        runtime: Option<Arc<dyn Runtime>>,
     ) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
         // Interceptors hold per-connection state, so each peer gets its own chain: only what a
         // sender needs (no NACK generator, TWCC or receiver reports: viewers send us no media).
@@ -329,35 +380,47 @@ impl WebRtc {
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
             // Last in the chain, after the interceptors that act on reports and NACKs.
             .with(Slot::from(14_000), feedback::Feedback::new(in_flight, stats));
-        let peer = PeerConnectionBuilder::new()
+        let mut builder = PeerConnectionBuilder::new()
             .with_media_engine(self.engine.clone())
             .with_interceptor_registry(registry)
             .with_setting_engine(self.setting_engine.clone())
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
-            .with_udp_addrs(vec![SocketAddr::new(self.settings.bind, port)])
-            .build()
-            .await
-            .map_err(setup)?;
-        Ok(Arc::new(peer))
+            .with_udp_addrs(vec![addr]);
+        if let Some(runtime) = runtime {
+            builder = builder.with_runtime(runtime);
+        }
+        Ok(Arc::new(builder.build().await.map_err(setup)?))
     }
 
-    /// A peer on a free port of the range. The range may overlap the kernel's ephemeral ports,
-    /// so another program can hold one: such a port fails to bind and is skipped.
+    /// A peer on the shared socket, or on a free port of the range. The range may overlap the
+    /// kernel's ephemeral ports, so another program can hold one: such a port fails to bind and
+    /// is skipped.
     async fn bind_peer(
         &self,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
         stats: Arc<ViewerStats>,
-    ) -> Result<(Arc<dyn PeerConnection>, PortLease), WebRtcError> {
+    ) -> Result<(Arc<dyn PeerConnection>, MediaLease), WebRtcError> {
+        let ports = match &self.media {
+            Media::Shared(mux) => {
+                let (runtime, lease) = mux.peer();
+                // Port 0: the ephemeral socket webrtc-rs binds only names the peer's view of the
+                // shared one (see `udp_mux`).
+                let addr = SocketAddr::new(self.settings.bind, 0);
+                let peer = self.build_peer(handler, in_flight, stats, addr, Some(runtime)).await?;
+                return Ok((peer, MediaLease::Shared(lease)));
+            }
+            Media::PerViewer(ports) => ports,
+        };
         // Held until we are done, so the pool does not hand the same busy port out again.
         let mut unusable = Vec::new();
         for _ in 0..BIND_ATTEMPTS {
-            let port = self.ports.lease().ok_or_else(|| WebRtcError::NoFreePort {
-                total: self.settings.ports.len(),
-                range: self.settings.ports.to_string(),
-            })?;
-            match self.build_peer(handler.clone(), in_flight.clone(), stats.clone(), port.port).await {
-                Ok(peer) => return Ok((peer, port)),
+            let port = ports
+                .lease()
+                .ok_or_else(|| WebRtcError::NoFreePort { total: ports.range.len(), range: ports.range.to_string() })?;
+            let addr = SocketAddr::new(self.settings.bind, port.port);
+            match self.build_peer(handler.clone(), in_flight.clone(), stats.clone(), addr, None).await {
+                Ok(peer) => return Ok((peer, MediaLease::Port(port))),
                 Err(err) => {
                     tracing::debug!(port = port.port, error = %err, "UDP port unusable; trying another");
                     unusable.push(port);
@@ -366,7 +429,7 @@ impl WebRtc {
         }
         Err(WebRtcError::Setup(format!(
             "no usable UDP port after {BIND_ATTEMPTS} tries in {}: other programs hold ports of --webrtc-ports",
-            self.settings.ports
+            ports.range
         )))
     }
 
@@ -408,16 +471,20 @@ impl WebRtc {
             events: events.clone(),
             state: state_tx,
             gathered: gathered_tx,
-            public_ip: self.settings.public_ip,
+            advertised: self.advertised(),
         });
 
         let in_flight = Arc::new(InFlight::default());
         let stats = Arc::new(ViewerStats::start(self.stream_totals(stream)));
         let mut unfinished = Unfinished { stats: Some(stats.clone()), peer: None };
-        let (peer, port) = self.bind_peer(handler, in_flight.clone(), stats.clone()).await?;
+        let (peer, media) = self.bind_peer(handler, in_flight.clone(), stats.clone()).await?;
         unfinished.peer = Some(peer.clone());
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
         let (track, answer) = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await?;
+        if let MediaLease::Shared(lease) = &media {
+            let ufrag = ice_ufrag(&answer).ok_or_else(|| setup("the answer has no a=ice-ufrag"))?;
+            lease.register_ufrag(ufrag).map_err(WebRtcError::Setup)?;
+        }
         unfinished.done();
 
         let viewer = Arc::new(Viewer {
@@ -434,7 +501,7 @@ impl WebRtc {
             }),
             in_flight,
             _slot: slot,
-            _port: port,
+            media,
         });
         self.viewers.lock().expect("viewers lock").insert(viewer.id.clone(), viewer.clone());
         self.tasks.spawn(serve_viewer(viewer.clone(), track, feed, state_rx, events, self.viewers.clone()));
@@ -470,11 +537,19 @@ impl WebRtc {
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
         tracing::debug!(waited_ms = gathering.elapsed().as_millis() as u64, "local candidates gathered");
         let local = peer.local_description().await.ok_or_else(|| setup("no local description"))?;
-        let mut answer = rewrite_host_candidates(&local.sdp, self.settings.public_ip);
+        let mut answer = rewrite_host_candidates(&local.sdp, self.advertised());
         if wants_rtt {
             answer = agree_to_reference_times(&answer);
         }
         Ok((OwnTrack { track, ssrc }, answer))
+    }
+
+    fn advertised(&self) -> Advertised {
+        let port = match &self.media {
+            Media::Shared(mux) => Some(mux.port()),
+            Media::PerViewer(_) => None,
+        };
+        Advertised { ip: self.settings.public_ip, port }
     }
 
     /// Closes every viewer and waits until their tasks have ended, or `SHUTDOWN_GRACE` passed.
@@ -522,25 +597,30 @@ fn rand_u32() -> u32 {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
-/// Replaces the address of host candidates in an SDP with `public_ip` (1:1 NAT).
-pub fn rewrite_host_candidates(sdp: &str, public_ip: Option<IpAddr>) -> String {
-    let Some(ip) = public_ip else {
+/// Rewrites the address and port of host candidates in an SDP as `advertised` says.
+pub fn rewrite_host_candidates(sdp: &str, advertised: Advertised) -> String {
+    if advertised.ip.is_none() && advertised.port.is_none() {
         return sdp.to_owned();
-    };
+    }
+    let (ip, port) = (advertised.ip.map(|ip| ip.to_string()), advertised.port.map(|port| port.to_string()));
     sdp.split_inclusive('\n')
         .map(|line| {
-            let fields: Vec<&str> = line.trim_end().split(' ').collect();
-            // a=candidate:foundation component transport priority ADDRESS port typ host …
+            let mut fields: Vec<&str> = line.trim_end().split(' ').collect();
+            // a=candidate:foundation component transport priority ADDRESS PORT typ host …
             if line.starts_with("a=candidate:") && fields.len() >= 8 && fields[6] == "typ" && fields[7] == "host" {
-                let mut fields = fields;
-                let ip = ip.to_string();
-                fields[4] = &ip;
+                fields[4] = ip.as_deref().unwrap_or(fields[4]);
+                fields[5] = port.as_deref().unwrap_or(fields[5]);
                 format!("{}{}", fields.join(" "), &line[line.trim_end().len()..])
             } else {
                 line.to_owned()
             }
         })
         .collect()
+}
+
+/// The `a=ice-ufrag` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|line| line.trim_end().strip_prefix("a=ice-ufrag:"))
 }
 
 /// Adds `a=rtcp-xr:rcvr-rtt=all` to each media section of an answer to an offer that has it:
@@ -586,7 +666,8 @@ async fn serve_viewer(
     let mut ended = Ended::NeverConnected;
     if connected {
         let after_answer_ms = answered.elapsed().as_millis() as u64;
-        tracing::info!(viewer = %viewer.id, stream = %viewer.stream, after_answer_ms, "viewer connected");
+        let port = viewer.media.port();
+        tracing::info!(viewer = %viewer.id, stream = %viewer.stream, after_answer_ms, port, "viewer connected");
         let rtcp = tokio::spawn(forward_keyframe_requests(track.track.clone(), feed.clone()));
         ended = tokio::select! {
             _ = forward_packets(&viewer, &track, feed.as_ref()) => Ended::Failed,
@@ -715,9 +796,13 @@ mod tests {
     fn rewrites_only_host_candidates() {
         let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
                    a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n";
-        let out = rewrite_host_candidates(sdp, Some("203.0.113.7".parse().unwrap()));
+        let public = Advertised { ip: Some("203.0.113.7".parse().unwrap()), port: None };
+        let out = rewrite_host_candidates(sdp, public);
         assert!(out.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"), "{out}");
         assert!(out.contains("198.51.100.1 50000 typ srflx"));
-        assert_eq!(rewrite_host_candidates(sdp, None), sdp);
+        let shared = rewrite_host_candidates(sdp, Advertised { port: Some(8189), ..public });
+        assert!(shared.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 8189 typ host\r\n"), "{shared}");
+        assert!(shared.contains("198.51.100.1 50000 typ srflx"), "only host candidates");
+        assert_eq!(rewrite_host_candidates(sdp, Advertised::default()), sdp);
     }
 }

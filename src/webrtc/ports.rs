@@ -1,5 +1,5 @@
-//! The UDP port range media is served from: webrtc-rs binds one socket per peer, so each viewer
-//! leases a port and gives it back when it leaves.
+//! The UDP port range media is served from with `--webrtc-ports`: webrtc-rs binds one socket per
+//! peer, so each viewer leases a port and gives it back when it leaves.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use crate::config::PortRange;
 
 #[derive(Clone)]
 pub struct PortPool {
+    pub range: PortRange,
     free: Arc<Mutex<BTreeSet<u16>>>,
 }
 
@@ -19,7 +20,7 @@ pub struct PortLease {
 
 impl PortPool {
     pub fn new(range: PortRange) -> PortPool {
-        PortPool { free: Arc::new(Mutex::new((range.low..=range.high).collect())) }
+        PortPool { range, free: Arc::new(Mutex::new((range.low..=range.high).collect())) }
     }
 
     pub fn lease(&self) -> Option<PortLease> {

@@ -16,9 +16,18 @@ use serde_json::Value;
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
 pub fn port_range(size: u16) -> String {
-    let base = 40000 + (std::process::id() % 50) as u16 * 400;
-    let low = base + NEXT_PORT_BLOCK.fetch_add(size, Ordering::SeqCst);
+    let low = next_ports(size);
     format!("{low}-{}", low + size - 1)
+}
+
+/// A UDP port of its own for a gateway's shared media socket (`--webrtc-port`).
+pub fn media_port() -> String {
+    next_ports(1).to_string()
+}
+
+fn next_ports(size: u16) -> u16 {
+    let base = 40000 + (std::process::id() % 50) as u16 * 400;
+    base + NEXT_PORT_BLOCK.fetch_add(size, Ordering::SeqCst)
 }
 
 /// The address WebRTC media binds to: `scripts/netns-run` (which `make test` uses) provides
@@ -44,14 +53,15 @@ impl Gateway {
     /// Starts the gateway with the test source(s) unless `args` name streams.
     pub fn start(args: &[&str]) -> Gateway {
         let state_dir = tempfile::tempdir().unwrap();
-        Self::start_in(args, state_dir, &port_range(20))
+        Self::start_in(args, state_dir, &media_port())
     }
 
     /// Starts the gateway with `RUST_LOG` set to `log` (the default keeps webrtc-rs quiet).
     pub fn start_logging(args: &[&str], log: &str) -> Gateway {
-        Self::start_with(args, tempfile::tempdir().unwrap(), &port_range(20), log)
+        Self::start_with(args, tempfile::tempdir().unwrap(), &media_port(), log)
     }
 
+    /// `ports` is one port (shared by every viewer) or a range LOW-HIGH (one port per viewer).
     pub fn start_in(args: &[&str], state_dir: tempfile::TempDir, ports: &str) -> Gateway {
         Self::start_with(args, state_dir, ports, "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn")
     }
@@ -60,7 +70,8 @@ impl Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_livegate"));
         command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--webrtc-bind", &media_ip()])
-            .args(["--webrtc-ports", ports, "--encoder", "x264"])
+            .args([if ports.contains('-') { "--webrtc-ports" } else { "--webrtc-port" }, ports])
+            .args(["--encoder", "x264"])
             .arg("--state-dir")
             .arg(state_dir.path())
             .args(args)
