@@ -506,7 +506,7 @@ async function main() {
   const results = { quick: QUICK, settings: { ...SETTINGS, fps: FPS, width: WIDTH, height: HEIGHT, viewerBind: VIEWER_BIND }, env: environment(), scenarios: {}, errors: {} };
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-bench-'));
   const gw = new Gateway({
-    name: 'bench', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPorts: '20000-20499' /* below the kernel's ephemeral ports, which the light viewers use */,
+    name: 'bench', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPort: 20000 /* below the kernel's ephemeral ports, which the light viewers use */,
     streams: ['live=test'],
     // The light viewers all come from one address: lift the per-client limits meant for abuse.
     extraArgs: ['--max-viewers', '300', '--width', String(WIDTH), '--height', String(HEIGHT), '--fps', String(FPS),

@@ -63,7 +63,10 @@ fn median(mut values: Vec<u64>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_viewer_on_a_link_too_slow_for_the_stream_is_held_to_its_budget_and_harms_no_one() {
-    let gateway = Gateway::start(&[]);
+    // A port per viewer: the slow link is that port's, and the driver's sends to it block. On the
+    // shared port a send never blocks (a full socket drops, as the network would), so the budget
+    // is what bounds `--webrtc-ports` mode.
+    let gateway = Gateway::start_in(&[], tempfile::tempdir().unwrap(), &common::port_range(4));
     gateway.wait_for_state("live", "playing", Duration::from_secs(20)).await;
     let healthy = Viewer::new();
     healthy.connect_whep(&gateway.base, "live").await;

@@ -338,25 +338,7 @@ async fn secrets_never_show_in_the_api_logs_errors_or_check_config() {
 fn bound_ports(pid: u32, range: &str) -> Vec<u16> {
     let (low, high) = range.split_once('-').unwrap();
     let (low, high): (u16, u16) = (low.parse().unwrap(), high.parse().unwrap());
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-        })
-        .collect();
-    let mut ports = Vec::new();
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let port = u16::from_str_radix(fields[1].rsplit(':').next().unwrap(), 16).unwrap();
-            if inodes.contains(fields[9]) && (low..=high).contains(&port) {
-                ports.push(port);
-            }
-        }
-    }
-    ports
+    common::udp_ports(pid).into_iter().filter(|port| (low..=high).contains(port)).collect()
 }
 
 /// Waits until the stream has `viewers`; returns how long that took.
@@ -368,7 +350,9 @@ async fn time_until_viewers(gateway: &Gateway, viewers: u64, within: Duration) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn never_connecting_sessions_and_hang_ups_harm_no_one() {
-    let gateway = Gateway::start(&args(&[]));
+    // A port per viewer, so what each session holds shows in /proc.
+    let ports = common::port_range(40);
+    let gateway = Gateway::start_in(&args(&[]), tempfile::tempdir().unwrap(), &ports);
     gateway.wait_for_state("live", "playing", START).await;
     let offer = Viewer::new().offer();
     let whep = gateway.url("/whep/live");

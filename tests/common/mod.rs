@@ -30,6 +30,28 @@ fn next_ports(size: u16) -> u16 {
     base + NEXT_PORT_BLOCK.fetch_add(size, Ordering::SeqCst)
 }
 
+/// The local ports of every UDP socket process `pid` holds.
+pub fn udp_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if inodes.contains(fields[9]) {
+                ports.push(u16::from_str_radix(fields[1].rsplit(':').next().unwrap(), 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
 /// The address WebRTC media binds to: `scripts/netns-run` (which `make test` uses) provides
 /// one in a private network namespace, where webrtcbin and Chromium find a candidate to pair.
 pub fn media_ip() -> String {

@@ -36,7 +36,8 @@ let webrtcPortBase = 52000;
  *   port        HTTPS port (0 = any)
  *   streams     ['live=test', ...] (default: the gateway's own default)
  *   webrtcBind  address WebRTC media binds to (default 127.0.0.1)
- *   webrtcPorts 'LOW-HIGH' (default: a fresh range of 40 per gateway)
+ *   webrtcPort  the one UDP port of its media (default: a fresh one per gateway)
+ *   webrtcPorts 'LOW-HIGH': a port per viewer instead
  *   extraArgs   more flags
  *   apiToken    bearer token the test's own API calls carry (an admin token, when tokens are on)
  *   logDir      where its log goes (default target/e2e/logs)
@@ -44,10 +45,7 @@ let webrtcPortBase = 52000;
 export class Gateway {
   constructor(opts) {
     this.opts = { port: 0, webrtcBind: '127.0.0.1', streams: [], extraArgs: [], ...opts };
-    if (!this.opts.webrtcPorts) {
-      this.opts.webrtcPorts = `${webrtcPortBase}-${webrtcPortBase + 39}`;
-      webrtcPortBase += 40;
-    }
+    if (!this.opts.webrtcPorts && !this.opts.webrtcPort) this.opts.webrtcPort = webrtcPortBase++;
     this.proc = null;
     this.origin = null;
     this.logLines = [];
@@ -59,7 +57,7 @@ export class Gateway {
     const args = [
       '--listen', `127.0.0.1:${o.port}`,
       '--webrtc-bind', o.webrtcBind,
-      '--webrtc-ports', o.webrtcPorts,
+      ...(o.webrtcPorts ? ['--webrtc-ports', o.webrtcPorts] : ['--webrtc-port', String(o.webrtcPort)]),
       '--state-dir', o.stateDir,
       '--log-format', 'json',
       '--encoder', 'x264',
