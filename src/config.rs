@@ -122,6 +122,10 @@ pub struct Settings {
     /// UDP port for every viewer's WebRTC media [default: 8189].
     #[arg(long, value_name = "PORT")]
     pub webrtc_port: Option<u16>,
+    /// TCP port for WebRTC media over ICE-TCP, for viewers whose networks block UDP; 0 turns it
+    /// off [default: the UDP port's number].
+    #[arg(long, value_name = "PORT")]
+    pub webrtc_tcp_port: Option<u16>,
     /// UDP port range for WebRTC media, one port per viewer, instead of --webrtc-port.
     #[arg(long, value_name = "LOW-HIGH")]
     pub webrtc_ports: Option<PortRange>,
@@ -195,7 +199,7 @@ impl Settings {
     fn over(self, lower: Settings) -> Settings {
         layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder, source_timeout,
             latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
-            webrtc_port, webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
+            webrtc_port, webrtc_tcp_port, webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
             admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
             jwt_audience, jwt_issuer, max_pending_per_ip, signalling_rate, trusted_proxy, cors_origin)
     }
@@ -573,8 +577,8 @@ pub enum TlsMode {
 /// Where WebRTC media is served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaPorts {
-    /// One UDP socket for every viewer.
-    Shared(u16),
+    /// One UDP socket (and one TCP listener, for ICE-TCP) for every viewer.
+    Shared { udp: u16, tcp: Option<u16> },
     /// A UDP port of its own for each viewer.
     PerViewer(PortRange),
 }
@@ -582,7 +586,8 @@ pub enum MediaPorts {
 impl fmt::Display for MediaPorts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MediaPorts::Shared(port) => write!(f, "{port} (shared)"),
+            MediaPorts::Shared { udp, tcp: Some(tcp) } => write!(f, "{udp}/udp and {tcp}/tcp (shared)"),
+            MediaPorts::Shared { udp, tcp: None } => write!(f, "{udp}/udp (shared, no ICE-TCP)"),
             MediaPorts::PerViewer(range) => write!(f, "{range} (one per viewer)"),
         }
     }
@@ -756,8 +761,14 @@ impl Config {
                     format!("either webrtc_port ({port}, one port for all) or webrtc_ports (one per viewer), not both"),
                 ))
             }
+            (_, Some(range)) if s.webrtc_tcp_port.is_some_and(|port| port != 0) => {
+                return Err(invalid("webrtc_tcp_port", range, "ICE-TCP only with the shared webrtc_port"))
+            }
             (_, Some(range)) => MediaPorts::PerViewer(range),
-            (port, None) => MediaPorts::Shared(port.unwrap_or(DEFAULT_WEBRTC_PORT)),
+            (port, None) => {
+                let udp = port.unwrap_or(DEFAULT_WEBRTC_PORT);
+                MediaPorts::Shared { udp, tcp: Some(s.webrtc_tcp_port.unwrap_or(udp)).filter(|port| *port != 0) }
+            }
         };
         if let Some(ip) = s.public_ip.filter(|ip| ip.is_unspecified()) {
             return Err(invalid("public_ip", ip, "a concrete address other peers can reach"));
@@ -918,7 +929,9 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.streams, vec![StreamSpec { name: "live".into(), source: Source::Test }]);
         assert_eq!(c.video, VideoSettings { width: 1280, height: 720, fps: 30, bitrate_kbps: 2000 });
-        assert_eq!(c.webrtc.ports, MediaPorts::Shared(8189));
+        assert_eq!(c.webrtc.ports, MediaPorts::Shared { udp: 8189, tcp: Some(8189) });
+        let c = load(&["--webrtc-port", "9000", "--webrtc-tcp-port", "0"], &[]).unwrap();
+        assert_eq!(c.webrtc.ports, MediaPorts::Shared { udp: 9000, tcp: None }, "0 turns ICE-TCP off");
         assert_eq!(c.webrtc.max_viewers, 200);
         assert!(matches!(c.tls, TlsMode::SelfSigned { .. }));
         assert_eq!(c.encoder, EncoderChoice::Auto);

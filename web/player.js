@@ -45,6 +45,7 @@ const lg = (window.livegate = {
   width: 0,
   height: 0,
   measuresRtt: false,    // WebRTC connections ask for the round-trip time (after packet loss)
+  transport: null,       // 'udp' | 'tcp': what the WebRTC connection's media goes over
 });
 
 const params = new URLSearchParams(location.search);
@@ -117,6 +118,8 @@ function newSession(mode, info) {
     cleanups: [], blocked: false,
   };
   setMode(mode);
+  lg.transport = null;
+  ui.mode.title = '';
   return session;
 }
 
@@ -377,6 +380,26 @@ function openWebRtc(info, iceServers, rtt, on) {
   return { pc, close };
 }
 
+/** The protocol ('udp' or 'tcp') of the connection's selected candidate pair, or null. */
+async function iceTransport(pc) {
+  const stats = await pc.getStats();
+  for (const r of stats.values()) {
+    if (r.type !== 'transport' || !r.selectedCandidatePairId) continue;
+    const pair = stats.get(r.selectedCandidatePairId);
+    const local = pair && stats.get(pair.localCandidateId);
+    return (local && local.protocol) || null;
+  }
+  return null;
+}
+
+/** Says what the session's connection goes over (ICE over TCP when the network blocks UDP). */
+async function showTransport(s) {
+  const transport = await iceTransport(s.conn.pc).catch(() => null);
+  if (!alive(s)) return;
+  lg.transport = transport;
+  ui.mode.title = transport ? `media over ${transport.toUpperCase()}` : '';
+}
+
 /** Frames the connection's video receiver has decoded (0 before any). */
 async function framesDecoded(pc) {
   for (const r of (await pc.getStats()).values()) {
@@ -397,7 +420,11 @@ async function startWebRtc(info, iceConfig) {
   try {
     s.conn = openWebRtc(info, s.iceServers, measureRtt, {
       track: (stream) => { if (alive(s)) { video.srcObject = stream; playVideo(s); } },
-      connected: () => { if (alive(s) && !s.gotFrame) setState('connected, waiting for video', 'connecting'); },
+      connected: () => {
+        if (!alive(s)) return;
+        if (!s.gotFrame) setState('connected, waiting for video', 'connecting');
+        showTransport(s);
+      },
       denied: denyAccess,
       // While a second connection is being made, the first may die: the second decides.
       fail: (reason) => { if (!s.standby) fail(s, reason); },
@@ -465,6 +492,7 @@ function reconnectBehind(s, { upgrade = false } = {}) {
       playVideo(s);
       s.lastFrameAt = performance.now();
       setState('playing');
+      showTransport(s);
       old.close();
     }
   }, 100);

@@ -257,7 +257,7 @@ mod tests {
 
     fn signalling(feeds: Arc<dyn super::super::Feeds>) -> Arc<Signalling> {
         let settings = WebRtcSettings {
-            ports: MediaPorts::Shared(0),
+            ports: MediaPorts::Shared { udp: 0, tcp: Some(0) },
             bind: "127.0.0.1".parse().unwrap(),
             public_ip: None,
             ice_servers: vec![],
@@ -341,8 +341,8 @@ mod tests {
         assert_eq!(close_code(&sent[1]), Some(1009));
     }
 
-    #[test]
-    fn websocket_origins() {
+    #[tokio::test]
+    async fn websocket_origins() {
         let signalling = signalling(Arc::new(NoFeeds));
         assert!(signalling.origin_allowed(None, Some("gw:8443")), "non-browser clients send no Origin");
         assert!(signalling.origin_allowed(Some("https://gw:8443"), Some("gw:8443")), "the page's own origin");

@@ -7,8 +7,8 @@ pub mod feedback;
 pub mod forward;
 pub mod h264;
 pub mod ports;
+pub mod shared_port;
 pub mod stats;
-pub mod udp_mux;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -33,8 +33,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
-    RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngine, SettingEngineBuilder,
+    RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngine, SettingEngineBuilder,
 };
 use webrtc::runtime::Runtime;
 
@@ -44,8 +44,8 @@ use budget::InFlight;
 use candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
 use forward::{Extension, Forwarder, Verdict};
 use ports::{PortLease, PortPool};
+use shared_port::{PeerLease, SharedPort};
 use stats::{Ended, StreamTotals, ViewerStats};
-use udp_mux::{MuxLease, UdpMux};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -53,8 +53,8 @@ pub enum WebRtcError {
     TooManyViewers { stream: String, max: usize },
     #[error("all {total} WebRTC UDP ports ({range}) are in use; widen --webrtc-ports")]
     NoFreePort { total: usize, range: String },
-    #[error("cannot bind the WebRTC media port {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot bind the WebRTC media ports ({addrs}): {reason}")]
+    Bind { addrs: String, reason: String },
     #[error("the offer was rejected: {0}")]
     Offer(String),
     #[error("WebRTC setup failed: {0}")]
@@ -157,7 +157,7 @@ pub struct Viewer {
 /// How a viewer's media reaches the network: a port of its own, or its routes on the shared one.
 enum MediaLease {
     Port(PortLease),
-    Shared(MuxLease),
+    Shared(PeerLease),
 }
 
 impl MediaLease {
@@ -165,14 +165,14 @@ impl MediaLease {
     fn port(&self) -> u16 {
         match self {
             MediaLease::Port(lease) => lease.port,
-            MediaLease::Shared(lease) => lease.port(),
+            MediaLease::Shared(lease) => lease.udp_port(),
         }
     }
 }
 
 /// Where media is served from: one shared socket, or a pool of ports (one per viewer).
 enum Media {
-    Shared(Arc<UdpMux>),
+    Shared(Arc<SharedPort>),
     PerViewer(PortPool),
 }
 
@@ -257,27 +257,39 @@ struct Handler {
 }
 
 /// What host candidates say instead of the address webrtc-rs bound: the public address (1:1
-/// NAT) and the shared port.
+/// NAT) and the shared ports.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Advertised {
     pub ip: Option<IpAddr>,
-    pub port: Option<u16>,
+    pub udp_port: Option<u16>,
+    pub tcp_port: Option<u16>,
+}
+
+impl Advertised {
+    /// `candidate:foundation component transport priority ADDRESS PORT typ host …` as advertised.
+    fn candidate(&self, candidate: &str) -> String {
+        let mut fields: Vec<&str> = candidate.split(' ').collect();
+        if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
+            return candidate.to_owned();
+        }
+        let passive_tcp = fields.windows(2).any(|pair| pair == ["tcptype", "passive"]);
+        let port = match fields[2].to_ascii_lowercase().as_str() {
+            "udp" => self.udp_port,
+            "tcp" if passive_tcp => self.tcp_port,
+            _ => None,
+        };
+        let (ip, port) = (self.ip.map(|ip| ip.to_string()), port.map(|port| port.to_string()));
+        fields[4] = ip.as_deref().unwrap_or(fields[4]);
+        fields[5] = port.as_deref().unwrap_or(fields[5]);
+        fields.join(" ")
+    }
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        let mut candidate = event.candidate;
-        if candidate.typ == RTCIceCandidateType::Host {
-            if let Some(ip) = self.advertised.ip {
-                candidate.address = ip.to_string();
-            }
-            if let Some(port) = self.advertised.port {
-                candidate.port = port;
-            }
-        }
-        if let Ok(init) = candidate.to_json() {
-            let _ = self.events.send(PeerEvent::Candidate(init.candidate));
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.events.send(PeerEvent::Candidate(self.advertised.candidate(&init.candidate)));
         }
     }
 
@@ -321,11 +333,14 @@ impl WebRtc {
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
         let media = match settings.ports {
-            MediaPorts::Shared(port) => {
-                let addr = SocketAddr::new(settings.bind, port);
-                let mux = UdpMux::bind(addr, shutdown.clone())
-                    .map_err(|err| WebRtcError::Bind { addr, reason: err.to_string() })?;
-                Media::Shared(mux)
+            MediaPorts::Shared { udp, tcp } => {
+                let (udp, tcp) =
+                    (SocketAddr::new(settings.bind, udp), tcp.map(|tcp| SocketAddr::new(settings.bind, tcp)));
+                let port = SharedPort::bind(udp, tcp, shutdown.clone()).map_err(|err| WebRtcError::Bind {
+                    addrs: format!("UDP {udp}, TCP {tcp:?}"),
+                    reason: err.to_string(),
+                })?;
+                Media::Shared(port)
             }
             MediaPorts::PerViewer(range) => Media::PerViewer(PortPool::new(range)),
         };
@@ -362,15 +377,15 @@ impl WebRtc {
             .ok_or_else(|| WebRtcError::TooManyViewers { stream: stream.into(), max })
     }
 
-    /// A peer connection whose UDP sockets bind to `addr`, wrapped by `runtime` if given, from
-    /// the engine and settings built once in `new`.
+    /// A peer connection whose UDP sockets bind to `addr`, from the engine and settings built
+    /// once in `new`; on the shared port, through its runtime and with ICE-TCP if it has it.
     async fn build_peer(
         &self,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
         stats: Arc<ViewerStats>,
         addr: SocketAddr,
-        runtime: Option<Arc<dyn Runtime>>,
+        shared: Option<(Arc<dyn Runtime>, bool)>,
     ) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
         // Interceptors hold per-connection state, so each peer gets its own chain: only what a
         // sender needs (no NACK generator, TWCC or receiver reports: viewers send us no media).
@@ -386,8 +401,11 @@ impl WebRtc {
             .with_setting_engine(self.setting_engine.clone())
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
             .with_udp_addrs(vec![addr]);
-        if let Some(runtime) = runtime {
+        if let Some((runtime, tcp)) = shared {
             builder = builder.with_runtime(runtime);
+            if tcp {
+                builder = builder.with_tcp_addrs(vec![addr]);
+            }
         }
         Ok(Arc::new(builder.build().await.map_err(setup)?))
     }
@@ -402,12 +420,13 @@ impl WebRtc {
         stats: Arc<ViewerStats>,
     ) -> Result<(Arc<dyn PeerConnection>, MediaLease), WebRtcError> {
         let ports = match &self.media {
-            Media::Shared(mux) => {
-                let (runtime, lease) = mux.peer();
+            Media::Shared(port) => {
+                let (runtime, lease) = port.peer();
                 // Port 0: the ephemeral socket webrtc-rs binds only names the peer's view of the
-                // shared one (see `udp_mux`).
+                // shared one (see `shared_port`).
                 let addr = SocketAddr::new(self.settings.bind, 0);
-                let peer = self.build_peer(handler, in_flight, stats, addr, Some(runtime)).await?;
+                let shared = Some((runtime, port.tcp_port().is_some()));
+                let peer = self.build_peer(handler, in_flight, stats, addr, shared).await?;
                 return Ok((peer, MediaLease::Shared(lease)));
             }
             Media::PerViewer(ports) => ports,
@@ -546,10 +565,10 @@ impl WebRtc {
 
     fn advertised(&self) -> Advertised {
         let port = match &self.media {
-            Media::Shared(mux) => Some(mux.port()),
-            Media::PerViewer(_) => None,
+            Media::Shared(port) => (Some(port.udp_port()), port.tcp_port()),
+            Media::PerViewer(_) => (None, None),
         };
-        Advertised { ip: self.settings.public_ip, port }
+        Advertised { ip: self.settings.public_ip, udp_port: port.0, tcp_port: port.1 }
     }
 
     /// Closes every viewer and waits until their tasks have ended, or `SHUTDOWN_GRACE` passed.
@@ -597,23 +616,14 @@ fn rand_u32() -> u32 {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
-/// Rewrites the address and port of host candidates in an SDP as `advertised` says.
+/// Rewrites the host candidates of an SDP as `advertised` says.
 pub fn rewrite_host_candidates(sdp: &str, advertised: Advertised) -> String {
-    if advertised.ip.is_none() && advertised.port.is_none() {
-        return sdp.to_owned();
-    }
-    let (ip, port) = (advertised.ip.map(|ip| ip.to_string()), advertised.port.map(|port| port.to_string()));
     sdp.split_inclusive('\n')
-        .map(|line| {
-            let mut fields: Vec<&str> = line.trim_end().split(' ').collect();
-            // a=candidate:foundation component transport priority ADDRESS PORT typ host …
-            if line.starts_with("a=candidate:") && fields.len() >= 8 && fields[6] == "typ" && fields[7] == "host" {
-                fields[4] = ip.as_deref().unwrap_or(fields[4]);
-                fields[5] = port.as_deref().unwrap_or(fields[5]);
-                format!("{}{}", fields.join(" "), &line[line.trim_end().len()..])
-            } else {
-                line.to_owned()
+        .map(|line| match line.trim_end().strip_prefix("a=") {
+            Some(candidate) if candidate.starts_with("candidate:") => {
+                format!("a={}{}", advertised.candidate(candidate), &line[line.trim_end().len()..])
             }
+            _ => line.to_owned(),
         })
         .collect()
 }
@@ -796,13 +806,18 @@ mod tests {
     fn rewrites_only_host_candidates() {
         let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
                    a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n";
-        let public = Advertised { ip: Some("203.0.113.7".parse().unwrap()), port: None };
+        let public = Advertised { ip: Some("203.0.113.7".parse().unwrap()), ..Default::default() };
         let out = rewrite_host_candidates(sdp, public);
         assert!(out.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"), "{out}");
         assert!(out.contains("198.51.100.1 50000 typ srflx"));
-        let shared = rewrite_host_candidates(sdp, Advertised { port: Some(8189), ..public });
+        let shared = rewrite_host_candidates(sdp, Advertised { udp_port: Some(8189), tcp_port: Some(8190), ..public });
         assert!(shared.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 8189 typ host\r\n"), "{shared}");
         assert!(shared.contains("198.51.100.1 50000 typ srflx"), "only host candidates");
+        let tcp = "a=candidate:3 1 tcp 1 10.0.0.5 40000 typ host tcptype passive\r\n\
+                   a=candidate:4 1 tcp 1 10.0.0.5 9 typ host tcptype active\r\n";
+        let tcp = rewrite_host_candidates(tcp, Advertised { udp_port: Some(8189), tcp_port: Some(8190), ..public });
+        assert!(tcp.contains("tcp 1 203.0.113.7 8190 typ host tcptype passive"), "{tcp}");
+        assert!(tcp.contains("tcp 1 203.0.113.7 9 typ host tcptype active"), "active ones keep port 9: {tcp}");
         assert_eq!(rewrite_host_candidates(sdp, Advertised::default()), sdp);
     }
 }

@@ -480,6 +480,32 @@ test('11. a 3 s network blackout: the WebRTC page resumes within 1 s of the netw
   });
 });
 
+test('15. UDP blocked: WebRTC plays over ICE-TCP on the shared port, and the player says tcp', async () => {
+  const gw = await gateway({ name: 'ice-tcp' }).start();
+  // Every UDP packet in the namespace, as a network that only lets TCP through.
+  const rule = ['-p', 'udp', '-j', 'DROP'];
+  execFileSync('iptables', ['-A', 'INPUT', ...rule]);
+  const { context } = await newContext(browser, gw.origin);
+  try {
+    const page = await context.newPage();
+    const t0 = Date.now();
+    await page.goto(`${gw.origin}/?mode=webrtc`);
+    await waitPlaying(page, 'WebRTC', t0 + 10000, t0);
+    const playingMs = Date.now() - t0;
+    await page.waitForFunction(() => window.livegate.transport !== null, null, { timeout: 5000 });
+    const transport = await page.evaluate(() => window.livegate.transport);
+    results.iceTcp = { playingMs, transport };
+    log(`UDP blocked: playing over WebRTC (${transport}) ${playingMs} ms after navigation`);
+    assert.equal(transport, 'tcp');
+    await assertAdvancing(page, { ms: 2000 });
+    await assertLatency(page, { maxMs: 1000 });
+  } finally {
+    execFileSync('iptables', ['-D', 'INPUT', ...rule]);
+    await context.close();
+    await gw.stop();
+  }
+});
+
 test('12. a very lossy network: 10 % of UDP packets dropped both ways; ≥ 95 % of frames shown, never a stop over 1 s', async () => {
   const seconds = 30;
   const figures = results.loss10 = await playThroughLoss('loss-10', 0.10, seconds);
