@@ -91,8 +91,9 @@ ENV GST_REGISTRY_1_0=/tmp/gstreamer-registry.bin \
     HOME=/tmp
 USER 10001:10001
 WORKDIR /var/lib/livegate
-# HTTPS (pages, HLS, WHEP, WebSocket signalling) and the WebRTC media range
-# (one UDP port per viewer, --webrtc-ports). No HEALTHCHECK: Kubernetes
-# probes /healthz and /readyz.
-EXPOSE 8443/tcp 50000-50099/udp
+# HTTPS (pages, HLS, WHEP, WebSocket signalling) and WebRTC media: one UDP
+# port for every viewer (--webrtc-port, default 8189) and ICE-TCP on the same
+# number (--webrtc-tcp-port). tests/image checks these against the ports the
+# gateway binds. No HEALTHCHECK: Kubernetes probes /healthz and /readyz.
+EXPOSE 8443/tcp 8189/udp 8189/tcp
 ENTRYPOINT ["/usr/local/bin/livegate"]
