@@ -28,6 +28,9 @@ const HEIGHT = 720;
 const SETTINGS = QUICK
   ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, overloadS: 10, lossS: 15, baselineS: 25 }
   : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, overloadS: 20, lossS: 60, baselineS: 90 };
+// The gateway on CPU 0 and the load generator on CPU 1, so that the client's work does not
+// count as the gateway's (LIVEGATE_BENCH_PIN=0 lets both use every CPU).
+const PINNED = os.cpus().length >= 2 && process.env.LIVEGATE_BENCH_PIN !== '0';
 const LOAD_VIEWERS = path.resolve(ROOT, process.env.LIVEGATE_LOAD_VIEWERS || 'target/release/examples/load_viewers');
 const BASELINE_PY = path.join(ROOT, 'bench/baseline.py');
 const OUT = path.join(ROOT, 'target/bench');
@@ -271,7 +274,9 @@ async function timeToFirstFrame(browser, origin, mode, tries) {
 }
 
 function runLoadViewers(origin, n, seconds) {
-  const proc = spawn(LOAD_VIEWERS, [origin, 'live', String(n), String(seconds), VIEWER_BIND], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = [LOAD_VIEWERS, origin, 'live', String(n), String(seconds), VIEWER_BIND];
+  const proc = PINNED ? spawn('taskset', ['-c', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(args[0], args.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   proc.stdout.on('data', (d) => { stdout += d; });
@@ -503,10 +508,11 @@ async function main() {
   for (const bin of [LOAD_VIEWERS, path.resolve(ROOT, process.env.LIVEGATE_BIN || 'target/release/livegate')]) {
     if (!fs.existsSync(bin)) throw new Error(`${bin} missing: cargo build --release --bin livegate --example load_viewers`);
   }
-  const results = { quick: QUICK, settings: { ...SETTINGS, fps: FPS, width: WIDTH, height: HEIGHT, viewerBind: VIEWER_BIND }, env: environment(), scenarios: {}, errors: {} };
+  const results = { quick: QUICK, settings: { ...SETTINGS, fps: FPS, width: WIDTH, height: HEIGHT, viewerBind: VIEWER_BIND, pinned: PINNED }, env: environment(), scenarios: {}, errors: {} };
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-bench-'));
   const gw = new Gateway({
     name: 'bench', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPort: 20000 /* below the kernel's ephemeral ports, which the light viewers use */,
+    cpus: PINNED ? '0' : undefined,
     streams: ['live=test'],
     // The light viewers all come from one address: lift the per-client limits meant for abuse.
     extraArgs: ['--max-viewers', '300', '--width', String(WIDTH), '--height', String(HEIGHT), '--fps', String(FPS),

@@ -101,7 +101,7 @@ async fn a_viewer_reaches_the_shared_port_through_a_one_to_one_nat() {
     let answer = response.text().await.unwrap();
     let candidates: Vec<&str> = answer.lines().filter(|l| l.starts_with("a=candidate:")).collect();
     assert!(!candidates.is_empty(), "{answer}");
-    for candidate in &candidates {
+    for candidate in candidates.iter().filter(|c| !c.ends_with("tcptype active")) {
         assert!(candidate.contains(&format!(" {PUBLIC_IP} {port} typ host")), "advertised as public: {candidate}");
     }
     viewer.accept_answer(&answer);
