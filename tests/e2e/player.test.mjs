@@ -389,8 +389,8 @@ test('9. a clean stream: 30 s of WebRTC on a clean network decodes one keyframe 
  * `rule` in this namespace's INPUT chain (scripts/netns-run: only the test's own loopback is
  * touched), `iptables.remove()` takes it out; it is taken out in any case at the end.
  */
-async function withWebRtcPageAndRule(name, rule, { initScripts = [], path = '/?mode=webrtc' }, fn) {
-  const gw = await gateway({ name }).start();
+async function withWebRtcPageAndRule(name, rule, { initScripts = [], path = '/?mode=webrtc', extraArgs = [] }, fn) {
+  const gw = await gateway({ name, extraArgs }).start();
   const { context } = await newContext(browser, gw.origin, { initScripts });
   let added = false;
   const iptables = {
@@ -514,7 +514,9 @@ test('12. a very lossy network: 10 % of UDP packets dropped both ways; ≥ 95 % 
 });
 
 test('13. WebRTC lost mid-stream: auto mode falls back to HLS, and returns to WebRTC by itself once it works again', async () => {
-  await withWebRtcPageAndRule('webrtc-lost', ['-p', 'udp', '-j', 'DROP'], { path: '/' }, async (page, iptables) => {
+  // No ICE-TCP, which would carry WebRTC on without UDP (test 15).
+  const noTcp = { path: '/', extraArgs: ['--webrtc-tcp-port', '0'] };
+  await withWebRtcPageAndRule('webrtc-lost', ['-p', 'udp', '-j', 'DROP'], noTcp, async (page, iptables) => {
     iptables.add();
     const lost = Date.now();
     // Stall (2 s), a connection made behind it that cannot connect either, give up (10 s), one
