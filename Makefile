@@ -6,7 +6,7 @@ ARGS ?=
 RELEASE := --release
 BIN := target/release/livegate
 
-.PHONY: run build test test-unit test-integration test-web test-k8s test-e2e fuzz bench bench-quick deps deps-test fmt
+.PHONY: run build test test-unit test-integration test-web test-k8s test-e2e test-image fuzz bench bench-quick deps deps-test fmt
 
 run: deps
 	$(CARGO) run $(RELEASE) -- $(ARGS)
@@ -20,7 +20,7 @@ deps:
 deps-test:
 	@scripts/install-deps test
 
-test: deps-test test-unit test-integration test-web test-k8s test-e2e
+test: deps-test test-unit test-integration test-web test-k8s test-e2e test-image
 
 test-unit:
 	$(CARGO) fmt --all -- --check
@@ -41,6 +41,13 @@ test-k8s:
 test-e2e:
 	$(CARGO) build $(RELEASE) --bin livegate
 	LIVEGATE_BIN=$(BIN) tests/e2e/run.sh
+
+# The Dockerfile's runtime stage built with buildah around this release binary, on a debootstrapped
+# debian:bookworm-slim (cached in target/image-cache), then run as k8s/base runs it (podman, read-only,
+# uid 10001): HLS and WebRTC from the container. Needs root. docs/TESTING.md, The image.
+test-image:
+	$(CARGO) build $(RELEASE) --bin livegate --example load_viewers
+	LIVEGATE_BIN=$(BIN) tests/image/run.sh
 
 # The fuzz targets of tests/fuzz.rs (make test runs 100 000 inputs each) with many more inputs.
 FUZZ_CASES ?= 2000000
