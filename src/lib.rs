@@ -33,7 +33,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +40,7 @@ use config::Config;
 use media::{Media, MediaStream};
 
 impl webrtc::Feed for MediaStream {
-    fn subscribe(&self) -> broadcast::Receiver<Bytes> {
+    fn subscribe(&self) -> broadcast::Receiver<rtc::rtp::Packet> {
         MediaStream::subscribe(self)
     }
     fn request_keyframe(&self) {
@@ -75,7 +74,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // TLS and credentials first: a broken certificate or token file must stop us before
     // anything starts.
-    let tls = http::tls::load(&config.tls, &config.state_dir, stop.clone()).await.context("TLS setup failed")?;
+    let certificate = Arc::new(http::tls::CertificateStatus::default());
+    let tls = http::tls::load(&config.tls, &config.state_dir, certificate.clone(), stop.clone())
+        .await
+        .context("TLS setup failed")?;
     let auth = Arc::new(auth::Auth::start(&config.access, stop.clone()).await.context("access control setup failed")?);
     let listener =
         std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -112,7 +114,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         media: media.clone(),
         webrtc: webrtc.clone(),
         auth: auth.clone(),
-        metrics: http::metrics::Metrics::new(media.clone(), webrtc.clone()),
+        metrics: http::metrics::Metrics::new(media.clone(), webrtc.clone(), tls.is_some().then_some(certificate)),
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");

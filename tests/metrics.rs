@@ -57,17 +57,21 @@ async fn metrics_pass_promtool_and_follow_a_viewer_joining_and_leaving() {
     assert!(complaints.trim().is_empty(), "promtool: {complaints}");
     assert_eq!(value(&before, r#"livegate_stream_state{stream="live",state="playing"}"#), 1.0);
     assert_eq!(value(&before, r#"livegate_stream_state{stream="live",state="no-signal"}"#), 0.0);
-    assert_eq!(value(&before, r#"livegate_webrtc_viewers{stream="live",transport="udp"}"#), 0.0);
+    assert_eq!(value(&before, r#"livegate_webrtc_viewers{stream="live",signalling="whep",transport="udp"}"#), 0.0);
     assert!(value(&before, r#"livegate_encoder_frames_total{stream="live",from="source"}"#) > 0.0);
     assert!(value(&before, "process_resident_memory_bytes") > 1e6);
     assert!(value(&before, "process_open_fds") > 0.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(value(&before, "livegate_tls_certificate_expiry_seconds") > now, "the self-signed certificate is valid");
+    assert_eq!(value(&before, "livegate_tls_certificate_reloads_total"), 0.0);
+    assert_eq!(value(&before, r#"livegate_webrtc_shared_port_discarded_total{reason="inbox_full"}"#), 0.0);
 
     let viewer = Viewer::new();
     let location = viewer.connect_whep_with(&gateway.base, "live", Some(ADMIN)).await;
     viewer.wait_for_frames(30, Duration::from_secs(20)).await;
     let watching = scrape(&gateway).await;
     promtool(&watching);
-    assert_eq!(value(&watching, r#"livegate_webrtc_viewers{stream="live",transport="udp"}"#), 1.0);
+    assert_eq!(value(&watching, r#"livegate_webrtc_viewers{stream="live",signalling="whep",transport="udp"}"#), 1.0);
     assert_eq!(value(&watching, r#"livegate_webrtc_sessions_started_total{stream="live"}"#), 1.0);
     assert!(value(&watching, r#"livegate_rtp_packets_sent_total{stream="live"}"#) > 100.0);
     assert!(value(&watching, r#"livegate_rtp_sent_bytes_total{stream="live"}"#) > 100_000.0);
@@ -81,7 +85,7 @@ async fn metrics_pass_promtool_and_follow_a_viewer_joining_and_leaving() {
     assert_eq!(playlist.status(), 200);
     let after = scrape(&gateway).await;
     promtool(&after);
-    assert_eq!(value(&after, r#"livegate_webrtc_viewers{stream="live",transport="udp"}"#), 0.0);
+    assert_eq!(value(&after, r#"livegate_webrtc_viewers{stream="live",signalling="whep",transport="udp"}"#), 0.0);
     assert_eq!(value(&after, r#"livegate_webrtc_sessions_ended_total{stream="live",reason="closed"}"#), 1.0);
     assert_eq!(value(&after, r#"livegate_webrtc_sessions_ended_total{stream="live",reason="failed"}"#), 0.0);
     assert_eq!(value(&after, r#"livegate_http_requests_total{endpoint="hls_playlist",status="200"}"#), 1.0);

@@ -20,10 +20,13 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::tls::CertificateStatus;
 use super::AppState;
 use crate::auth::{Access, Denied};
 use crate::media::{Media, StreamState};
+use crate::signalling::SIGNALLING_KINDS;
 use crate::webrtc::stats::{Counters, Ended};
+use crate::webrtc::viewer::TRANSPORTS;
 use crate::webrtc::WebRtc;
 
 /// What an HTTP request was for, by its path.
@@ -39,7 +42,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(media: Arc<Media>, webrtc: Arc<WebRtc>) -> Metrics {
+    /// `certificate` is the TLS certificate's status, when livegate serves TLS itself.
+    pub fn new(media: Arc<Media>, webrtc: Arc<WebRtc>, certificate: Option<Arc<CertificateStatus>>) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -47,6 +51,7 @@ impl Metrics {
             "HTTP requests answered, by endpoint (whep, ws, hls_playlist, hls_segment, api, player, metrics, health) and status",
             requests.clone(),
         );
+        registry.register_collector(Box::new(GatewayCollector { webrtc: webrtc.clone(), certificate }));
         registry.register_collector(Box::new(StreamCollector { media, webrtc }));
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, requests }
@@ -199,12 +204,24 @@ impl Collector for StreamCollector {
         let totals: Vec<_> = streams.iter().map(|s| (s.name.clone(), self.webrtc.stream_totals(&s.name))).collect();
         gauge(
             e,
-            ("livegate_webrtc_viewers", "WebRTC viewers connected or connecting, by transport", None),
-            streams.iter().map(|s| {
-                (
-                    vec![("stream", s.name.clone()), ("transport", "udp".to_owned())],
-                    self.webrtc.viewer_count(&s.name) as i64,
-                )
+            (
+                "livegate_webrtc_viewers",
+                "WebRTC viewers by signalling (websocket, whep) and transport (udp, tcp, or connecting)",
+                None,
+            ),
+            streams.iter().flat_map(|s| {
+                let counts = self.webrtc.viewer_counts(&s.name);
+                let kinds = SIGNALLING_KINDS.iter().flat_map(|kind| TRANSPORTS.iter().map(move |t| (*kind, *t)));
+                kinds
+                    .map(|(signalling, transport)| {
+                        let labels = vec![
+                            ("stream", s.name.clone()),
+                            ("signalling", signalling.to_owned()),
+                            ("transport", transport.to_owned()),
+                        ];
+                        (labels, counts.get(&(signalling, transport)).copied().unwrap_or(0) as i64)
+                    })
+                    .collect::<Vec<_>>()
             }),
         )?;
         counter(
@@ -248,7 +265,67 @@ impl Collector for StreamCollector {
         webrtc(e, ("livegate_rtp_packets_nacked", "RTP packets viewers reported lost (NACK)", None), |c| {
             &c.packets_nacked
         })?;
+        webrtc(e, ("livegate_rtp_packets_retransmitted", "RTP packets sent again, answering NACKs", None), |c| {
+            &c.packets_retransmitted
+        })?;
         webrtc(e, ("livegate_keyframe_requests", "PLI and FIR received from viewers", None), |c| &c.keyframe_requests)?;
+        Ok(())
+    }
+}
+
+/// What belongs to no stream: the shared WebRTC port, the TLS certificate.
+struct GatewayCollector {
+    webrtc: Arc<WebRtc>,
+    certificate: Option<Arc<CertificateStatus>>,
+}
+
+impl fmt::Debug for GatewayCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        if let Some(port) = self.webrtc.shared_port() {
+            let c = &port.counters;
+            counter(
+                e,
+                (
+                    "livegate_webrtc_shared_port_discarded",
+                    "Datagrams and connections the shared WebRTC port could not deliver, by reason",
+                    None,
+                ),
+                [
+                    ("unroutable", &c.unroutable),
+                    ("inbox_full", &c.inbox_full),
+                    ("send_buffer_full", &c.send_buffer_full),
+                    ("tcp_unnamed", &c.tcp_unnamed),
+                ]
+                .map(|(reason, n)| (vec![("reason", reason.to_owned())], Counters::get(n))),
+            )?;
+        }
+        if let Some(certificate) = &self.certificate {
+            counter(
+                e,
+                (
+                    "livegate_tls_certificate_reloads",
+                    "Times a changed TLS certificate was loaded without a restart",
+                    None,
+                ),
+                [(Vec::new(), Counters::get(&certificate.reloads))],
+            )?;
+            gauge(
+                e,
+                (
+                    "livegate_tls_certificate_expiry",
+                    "When the TLS certificate in use expires, since the Unix epoch",
+                    Some(&Unit::Seconds),
+                ),
+                [(Vec::<(&str, String)>::new(), certificate.not_after.load(std::sync::atomic::Ordering::Relaxed))],
+            )?;
+        }
         Ok(())
     }
 }

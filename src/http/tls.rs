@@ -2,6 +2,8 @@
 //! or a self-signed one kept in the state folder.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
@@ -24,10 +26,28 @@ pub const SELF_SIGNED_KEY: &str = "selfsigned.key";
 pub const SELF_SIGNED_NAMES: &str = "selfsigned.names";
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 
+/// The certificate in use, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CertificateStatus {
+    /// Times a changed certificate was loaded without a restart.
+    pub reloads: AtomicU64,
+    /// When the certificate expires (its notAfter, seconds since the Unix epoch); 0 if unknown.
+    pub not_after: AtomicI64,
+}
+
+impl CertificateStatus {
+    fn in_use(&self, cert_pem: &[u8]) {
+        let not_after = rustls_pemfile_first_cert(cert_pem)
+            .and_then(|der| Some(x509_parser::parse_x509_certificate(&der).ok()?.1.validity().not_after.timestamp()));
+        self.not_after.store(not_after.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
 /// Loads the certificate; for files given by the operator, also watches them for changes.
 pub async fn load(
     mode: &TlsMode,
     state_dir: &Path,
+    status: Arc<CertificateStatus>,
     shutdown: CancellationToken,
 ) -> Result<Option<RustlsConfig>, TlsError> {
     let (cert, key, watch) = match mode {
@@ -38,15 +58,16 @@ pub async fn load(
             (cert, key, false)
         }
     };
-    let config = load_files(&cert, &key).await?;
+    let config = load_files(&cert, &key, &status).await?;
     if watch {
-        tokio::spawn(reload_on_change(config.clone(), cert, key, shutdown));
+        tokio::spawn(reload_on_change(config.clone(), cert, key, status, shutdown));
     }
     Ok(Some(config))
 }
 
-async fn load_files(cert: &Path, key: &Path) -> Result<RustlsConfig, TlsError> {
+async fn load_files(cert: &Path, key: &Path, status: &CertificateStatus) -> Result<RustlsConfig, TlsError> {
     let pem = read_pair(cert, key)?;
+    status.in_use(&pem.0);
     let fingerprint = fingerprint(&pem.0);
     let config = RustlsConfig::from_pem(pem.0, pem.1).await.map_err(|err| TlsError::Load {
         cert: cert.into(),
@@ -84,7 +105,13 @@ fn rustls_pemfile_first_cert(pem: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Polls the files: a Secret update swaps a symlink, which no inotify watch on the file sees.
-async fn reload_on_change(config: RustlsConfig, cert: PathBuf, key: PathBuf, shutdown: CancellationToken) {
+async fn reload_on_change(
+    config: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    status: Arc<CertificateStatus>,
+    shutdown: CancellationToken,
+) {
     let mut loaded = read_pair(&cert, &key).ok();
     loop {
         tokio::select! {
@@ -100,6 +127,8 @@ async fn reload_on_change(config: RustlsConfig, cert: PathBuf, key: PathBuf, shu
         match config.reload_from_pem(current.0.clone(), current.1.clone()).await {
             Ok(()) => {
                 tracing::info!(cert = %cert.display(), sha256 = %fingerprint(&current.0), "TLS certificate reloaded");
+                status.in_use(&current.0);
+                status.reloads.fetch_add(1, Ordering::Relaxed);
                 loaded = Some(current);
             }
             // Half-written files during a swap fail to parse; the next poll sees them whole.

@@ -30,6 +30,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gstreamer as gst;
 use gstreamer_video::prelude::*;
+use rtc::rtp;
+use rtc::shared::marshal::Unmarshal;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -169,7 +171,7 @@ pub struct MediaStream {
     pub video: VideoSettings,
     pub hls_dir: PathBuf,
     status: Mutex<Status>,
-    packets: broadcast::Sender<Bytes>,
+    packets: broadcast::Sender<rtp::Packet>,
     running: Mutex<Option<Arc<StreamPipeline>>>,
     /// The name a V4L2 camera reported, to find it again if it comes back as another device.
     camera_name: Mutex<Option<String>>,
@@ -212,7 +214,7 @@ impl MediaStream {
 
     /// RTP packets from now on. A receiver that falls more than a few seconds behind loses the
     /// oldest ones and is told how many.
-    pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
+    pub fn subscribe(&self) -> broadcast::Receiver<rtp::Packet> {
         self.packets.subscribe()
     }
 
@@ -243,9 +245,13 @@ impl MediaStream {
         }
     }
 
-    fn on_packet(&self, packet: Bytes) {
-        // No receivers is not an error: nobody is watching over WebRTC.
-        let _ = self.packets.send(packet);
+    /// Parsed here, once for every viewer.
+    fn on_packet(&self, mut raw: Bytes) {
+        match rtp::Packet::unmarshal(&mut raw) {
+            // No receivers is not an error: nobody is watching over WebRTC.
+            Ok(packet) => drop(self.packets.send(packet)),
+            Err(err) => tracing::warn!(stream = %self.name, error = %err, "malformed RTP packet from the pipeline"),
+        }
     }
 
     /// Runs the stream until `shutdown`: the encoding part for good (rebuilt only if it fails),

@@ -15,6 +15,11 @@ use crate::config::{CorsOrigin, IceServer};
 use crate::webrtc::{Feed, WebRtc, WebRtcError};
 use limits::{Limited, Limits};
 
+/// How a WebRTC session can be signalled, as `/metrics` labels viewers.
+pub const WEBSOCKET: &str = "websocket";
+pub const WHEP: &str = "whep";
+pub const SIGNALLING_KINDS: [&str; 2] = [WEBSOCKET, WHEP];
+
 /// Seconds a client over its pending-session limit is asked to wait: about one connect timeout.
 pub const PENDING_RETRY_SECONDS: u64 = 10;
 

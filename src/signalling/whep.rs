@@ -50,7 +50,7 @@ pub async fn offer(
     let pending = signalling.limits.pending(ip)?;
     // WHEP answers carry every candidate, so trickled ones have no one to go to.
     let (events, _) = mpsc::unbounded_channel();
-    let (viewer, answer) = signalling.webrtc.answer(&stream, feed, offer, events).await?;
+    let (viewer, answer) = signalling.webrtc.answer(&stream, feed, offer, events, super::WHEP).await?;
     viewer.hold_until_settled(pending);
     let location = format!("/whep/{stream}/{}", viewer.id);
     let mut response = (

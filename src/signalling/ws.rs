@@ -111,8 +111,13 @@ impl Connection {
             Action::Answer { sdp, video } => {
                 self.video = video;
                 self.pending = Some(self.signalling.limits.pending(self.ip).map_err(SignallingError::from)?);
-                let answering =
-                    self.signalling.webrtc.answer(&self.stream, self.feed.clone(), sdp, self.events.clone());
+                let answering = self.signalling.webrtc.answer(
+                    &self.stream,
+                    self.feed.clone(),
+                    sdp,
+                    self.events.clone(),
+                    super::WEBSOCKET,
+                );
                 let (viewer, answer) = answering.await.map_err(SignallingError::from)?;
                 self.viewer = Some(viewer);
                 Ok(Some(ServerMessage::Answer { sdp: answer }))
@@ -243,7 +248,7 @@ mod tests {
 
     struct SilentFeed;
     impl Feed for SilentFeed {
-        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<bytes::Bytes> {
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<rtc::rtp::Packet> {
             tokio::sync::broadcast::channel(1).1
         }
         fn request_keyframe(&self) {}

@@ -131,6 +131,61 @@ impl Interceptor for Feedback {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
+/// Counts the RTP packets that leave a second time: next to the wire, after the NACK responder
+/// has added its retransmissions, any packet not newer than the newest sent is one.
+pub struct Retransmissions {
+    stats: Arc<ViewerStats>,
+    newest: Option<u16>,
+    inbound: VecDeque<TaggedPacket>,
+    outbound: VecDeque<TaggedPacket>,
+}
+
+impl Retransmissions {
+    pub fn new(stats: Arc<ViewerStats>) -> Retransmissions {
+        Retransmissions { stats, newest: None, inbound: VecDeque::new(), outbound: VecDeque::new() }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, message: TaggedPacket) -> Result<(), Error> {
+        self.inbound.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.inbound.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Error> {
+        if let Packet::Rtp(packet) = &message.message.packet {
+            let sequence = packet.header.sequence_number;
+            match self.newest {
+                Some(newest) if (sequence.wrapping_sub(newest) as i16) <= 0 => self.stats.retransmitted(),
+                _ => self.newest = Some(sequence),
+            }
+        }
+        self.outbound.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.outbound.pop_front()
+    }
+}
+
+impl Interceptor for Retransmissions {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

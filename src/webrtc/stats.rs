@@ -14,6 +14,8 @@ pub struct Counters {
     pub packets_dropped: AtomicU64,
     /// Packets viewers reported lost (each is answered from the NACK history if still there).
     pub packets_nacked: AtomicU64,
+    /// Packets sent again, answering NACKs.
+    pub packets_retransmitted: AtomicU64,
     /// PLIs and FIRs received.
     pub keyframe_requests: AtomicU64,
 }
@@ -93,6 +95,10 @@ impl ViewerStats {
         self.both(|c| &c.packets_nacked, packets);
     }
 
+    pub fn retransmitted(&self) {
+        self.both(|c| &c.packets_retransmitted, 1);
+    }
+
     pub fn keyframe_requested(&self) {
         self.both(|c| &c.keyframe_requests, 1);
     }
@@ -115,11 +121,19 @@ mod tests {
         b.dropped(3);
         a.nacked(2);
         a.keyframe_requested();
+        b.retransmitted();
         b.ended(Ended::Failed);
         assert_eq!(Counters::get(&a.own.bytes_sent), 1200);
         let c = &totals.counters;
-        let sums = [&c.packets_sent, &c.bytes_sent, &c.packets_dropped, &c.packets_nacked, &c.keyframe_requests];
-        assert_eq!(sums.map(Counters::get), [2, 2000, 3, 2, 1]);
+        let sums = [
+            &c.packets_sent,
+            &c.bytes_sent,
+            &c.packets_dropped,
+            &c.packets_nacked,
+            &c.keyframe_requests,
+            &c.packets_retransmitted,
+        ];
+        assert_eq!(sums.map(Counters::get), [2, 2000, 3, 2, 1, 1]);
         assert_eq!(Counters::get(&totals.sessions_started), 2);
         assert_eq!(Ended::ALL.map(|r| totals.sessions_ended(r)), [0, 1, 0]);
     }

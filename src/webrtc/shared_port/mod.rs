@@ -46,7 +46,7 @@ pub struct MuxCounters {
     /// Datagrams not sent because the socket's send buffer was full.
     pub send_buffer_full: AtomicU64,
     /// TCP connections closed before they named a peer.
-    pub tcp_refused: AtomicU64,
+    pub tcp_unnamed: AtomicU64,
 }
 
 #[derive(Default)]

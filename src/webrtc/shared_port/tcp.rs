@@ -67,7 +67,7 @@ pub(super) async fn accept(port: Arc<SharedPort>, shutdown: CancellationToken) {
             },
         };
         let Ok(permit) = unnamed.clone().try_acquire_owned() else {
-            port.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            port.counters.tcp_unnamed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let port = port.clone();
@@ -75,7 +75,7 @@ pub(super) async fn accept(port: Arc<SharedPort>, shutdown: CancellationToken) {
             let handed = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, hand_over(&port, stream, remote)).await;
             if let Err(reason) = handed.unwrap_or_else(|_| Err("no binding request in time".into())) {
                 tracing::debug!(%remote, reason, "ICE-TCP connection refused");
-                port.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                port.counters.tcp_unnamed.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
         });
@@ -247,7 +247,7 @@ mod tests {
         let mut answer = [0u8; 4];
         client.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"\x00\x02hi");
-        assert_eq!(port.counters.tcp_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(port.counters.tcp_unnamed.load(Ordering::Relaxed), 1);
         shutdown.cancel();
     }
 }

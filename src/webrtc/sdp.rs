@@ -1,0 +1,90 @@
+//! What the gateway's SDP says beyond what webrtc-rs writes: host candidates as the network sees
+//! them (`--public-ip`, the shared ports), and agreement to receiver reference times.
+
+use std::net::IpAddr;
+
+use super::feedback;
+
+/// What host candidates say instead of the address webrtc-rs bound: the public address (1:1
+/// NAT) and the shared ports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Advertised {
+    pub ip: Option<IpAddr>,
+    pub udp_port: Option<u16>,
+    pub tcp_port: Option<u16>,
+}
+
+impl Advertised {
+    /// `candidate:foundation component transport priority ADDRESS PORT typ host …` as advertised.
+    pub(super) fn candidate(&self, candidate: &str) -> String {
+        let mut fields: Vec<&str> = candidate.split(' ').collect();
+        if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
+            return candidate.to_owned();
+        }
+        let passive_tcp = fields.windows(2).any(|pair| pair == ["tcptype", "passive"]);
+        let port = match fields[2].to_ascii_lowercase().as_str() {
+            "udp" => self.udp_port,
+            "tcp" if passive_tcp => self.tcp_port,
+            _ => None,
+        };
+        let (ip, port) = (self.ip.map(|ip| ip.to_string()), port.map(|port| port.to_string()));
+        fields[4] = ip.as_deref().unwrap_or(fields[4]);
+        fields[5] = port.as_deref().unwrap_or(fields[5]);
+        fields.join(" ")
+    }
+}
+
+/// Rewrites the host candidates of an SDP as `advertised` says.
+pub fn rewrite_host_candidates(sdp: &str, advertised: Advertised) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| match line.trim_end().strip_prefix("a=") {
+            Some(candidate) if candidate.starts_with("candidate:") => {
+                format!("a={}{}", advertised.candidate(candidate), &line[line.trim_end().len()..])
+            }
+            _ => line.to_owned(),
+        })
+        .collect()
+}
+
+/// The `a=ice-ufrag` of an SDP.
+pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|line| line.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
+/// Adds `a=rtcp-xr:rcvr-rtt=all` to each media section of an answer to an offer that has it:
+/// the browser then sends the reference times `feedback` answers, and learns the round trip.
+pub(super) fn agree_to_reference_times(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            if line.starts_with("a=mid:") {
+                format!("{}\r\n{line}", feedback::RECEIVER_RTT_ATTRIBUTE)
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_only_host_candidates() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
+                   a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n";
+        let public = Advertised { ip: Some("203.0.113.7".parse().unwrap()), ..Default::default() };
+        let out = rewrite_host_candidates(sdp, public);
+        assert!(out.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"), "{out}");
+        assert!(out.contains("198.51.100.1 50000 typ srflx"));
+        let shared = rewrite_host_candidates(sdp, Advertised { udp_port: Some(8189), tcp_port: Some(8190), ..public });
+        assert!(shared.contains("a=candidate:1 1 udp 2130706431 203.0.113.7 8189 typ host\r\n"), "{shared}");
+        assert!(shared.contains("198.51.100.1 50000 typ srflx"), "only host candidates");
+        let tcp = "a=candidate:3 1 tcp 1 10.0.0.5 40000 typ host tcptype passive\r\n\
+                   a=candidate:4 1 tcp 1 10.0.0.5 9 typ host tcptype active\r\n";
+        let tcp = rewrite_host_candidates(tcp, Advertised { udp_port: Some(8189), tcp_port: Some(8190), ..public });
+        assert!(tcp.contains("tcp 1 203.0.113.7 8190 typ host tcptype passive"), "{tcp}");
+        assert!(tcp.contains("tcp 1 203.0.113.7 9 typ host tcptype active"), "active ones keep port 9: {tcp}");
+        assert_eq!(rewrite_host_candidates(sdp, Advertised::default()), sdp);
+    }
+}
