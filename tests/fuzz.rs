@@ -189,7 +189,7 @@ fn jwt_auth() -> &'static Auth {
 
 struct SilentFeed;
 impl Feed for SilentFeed {
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<bytes::Bytes> {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<rtc::rtp::Packet> {
         tokio::sync::broadcast::channel(1).1
     }
     fn request_keyframe(&self) {}
@@ -208,7 +208,7 @@ fn whep_app() -> axum::Router {
     APP.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = WebRtcSettings {
-            ports: MediaPorts::Shared(0),
+            ports: MediaPorts::Shared { udp: 0, tcp: Some(0) },
             bind: "127.0.0.1".parse().unwrap(),
             public_ip: None,
             ice_servers: vec![],
