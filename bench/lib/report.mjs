@@ -148,7 +148,7 @@ export function writeReport(r, { docsPath, jsonPath }) {
   const s = r.scenarios;
   const parts = [];
   parts.push(summaryTable(r));
-  if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}${r.settings.pinned ? '; gateway pinned to CPU 0 and the light viewers to CPU 1 with taskset' : ''}):\n\n${fanoutTable(s.fanout)}`);
+  if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}${r.settings.pinned ? '; the light viewers pinned to CPU 1 with taskset' : ''}):\n\n${fanoutTable(s.fanout)}`);
   const cs = (x) => (x ? `jitter buffer ${fmt(x.jitterBufferMs)} ms/frame (target ${fmt(x.jitterBufferTargetMs)}, minimum ${fmt(x.jitterBufferMinimumMs)}), `
     + `first→last packet of a frame ${fmt(x.firstToLastPacketMs)} ms, receive→decoded ${fmt(x.receiveToDecodedMs)} ms (decode ${fmt(x.decodeMs)} ms, ${x.decoder || '?'}), `
     + `${x.framesDecoded} decoded / ${x.framesDropped} dropped, ${x.keyFramesDecoded ?? '?'} keyframes, ${x.packetsLost} packets lost, ${x.nacks} NACKs, ${x.plis} PLIs, ${x.freezes} freezes (${x.freezesMs} ms)` : '–');

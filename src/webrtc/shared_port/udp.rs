@@ -1,7 +1,14 @@
 //! The shared UDP socket: one task receives for every peer (`recvmmsg`); each peer's driver
-//! sends straight to it (UDP GSO for runs of equal-size datagrams, where the kernel has it, with
-//! the source address of the peer's candidate). A full send buffer drops the datagram, as a
-//! congested link would: a shared socket has one waker, and a viewer must not wait on the others.
+//! sends straight to it, with the source address of the peer's candidate. A full send buffer
+//! drops the datagram, as a congested link would: a shared socket has one waker, and a viewer
+//! must not wait on the others.
+//!
+//! The packets of one video frame leave in one system call (UDP GSO, where the kernel has it):
+//! webrtc-rs hands its socket one datagram at a time (it only batches runs of 16 or more), so
+//! each peer's socket holds the SRTP packets of a frame, which share a destination and all but
+//! the last a size, until the one with the RTP marker bit (the frame's last; SRTP leaves the
+//! header in clear) or anything else comes. The frame cannot be decoded before its last packet
+//! anyway, and they come microseconds apart.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use webrtc::runtime::{AsyncUdpSocket, EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
 use super::{inbox_for, stun_request_local_ufrag, PeerId, SharedPort};
 
@@ -125,6 +132,58 @@ pub(super) struct PeerSocket {
     /// The source address of what it sends, when the shared socket is bound to every interface.
     source: Option<IpAddr>,
     received: Mutex<mpsc::Receiver<Datagram>>,
+    frame: Mutex<Run>,
+}
+
+/// Datagrams for one destination waiting to leave together: `segment` bytes each, the last
+/// maybe fewer.
+#[derive(Debug, Default)]
+struct Run {
+    destination: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    buffer: Vec<u8>,
+}
+
+/// Most datagrams, and bytes, one GSO send carries (the kernel's limits).
+const GSO_SEGMENTS: usize = 64;
+const GSO_BYTES: usize = 65_000;
+
+/// Whether an (S)RTP datagram ends its frame, or `None` if it is not RTP (STUN, DTLS, RTCP).
+fn rtp_marker(datagram: &[u8]) -> Option<bool> {
+    let (&first, &second) = (datagram.first()?, datagram.get(1)?);
+    // Version 2, and not an RTCP packet type (200-206 read as marker + payload type 72-78).
+    let rtp = first >> 6 == 2 && !(64..=95).contains(&(second & 0x7f)) && datagram.len() >= 12;
+    rtp.then_some(second & 0x80 != 0)
+}
+
+impl Run {
+    /// Takes `datagram` if it can follow the run's datagrams in one send.
+    fn take(&mut self, destination: SocketAddr, datagram: &[u8], max_segments: usize) -> bool {
+        let fits = match self.destination {
+            None => true,
+            Some(to) => {
+                to == destination
+                    && datagram.len() <= self.segment
+                    && self.buffer.len() % self.segment == 0
+                    && self.count < max_segments
+                    && self.buffer.len() + datagram.len() <= GSO_BYTES
+            }
+        };
+        if fits {
+            if self.destination.is_none() {
+                (self.destination, self.segment) = (Some(destination), datagram.len());
+            }
+            self.buffer.extend_from_slice(datagram);
+            self.count += 1;
+        }
+        fits
+    }
+
+    /// Whether a datagram of fewer bytes than the others ended it: nothing may follow.
+    fn closed(&self) -> bool {
+        self.buffer.len() % self.segment.max(1) != 0
+    }
 }
 
 impl PeerSocket {
@@ -135,7 +194,30 @@ impl PeerSocket {
         received: mpsc::Receiver<Datagram>,
     ) -> PeerSocket {
         let source = port.udp.local.ip().is_unspecified().then_some(local.ip());
-        PeerSocket { port, peer, local, source, received: Mutex::new(received) }
+        PeerSocket { port, peer, local, source, received: Mutex::new(received), frame: Mutex::default() }
+    }
+
+    fn send(
+        &self,
+        destination: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<usize> {
+        let transmit = Transmit { destination, ecn, contents, segment_size, src_ip: self.source };
+        self.port.udp.send(&transmit, &self.port.counters)
+    }
+
+    /// Sends what the run holds, as one datagram or one GSO send.
+    fn flush(&self, run: &mut Run) {
+        if let Some(destination) = run.destination.take() {
+            let segment_size = (run.count > 1).then_some(run.segment);
+            if let Err(err) = self.send(destination, None, &run.buffer, segment_size) {
+                tracing::debug!(%destination, error = %err, "send on the shared WebRTC socket failed");
+            }
+        }
+        run.buffer.clear();
+        run.count = 0;
     }
 }
 
@@ -149,14 +231,26 @@ impl AsyncUdpSocket for PeerSocket {
         if transmit.contents.first().is_some_and(|b| b & 0xc0 == 0) {
             self.port.checking(self.peer, transmit.destination);
         }
-        let transmit = Transmit {
-            destination: transmit.destination,
-            ecn: transmit.ecn,
-            contents: transmit.contents,
-            segment_size: transmit.segment_size,
-            src_ip: self.source,
+        let max_segments = self.port.udp.state.max_gso_segments().min(GSO_SEGMENTS);
+        let mut run = self.frame.lock().expect("frame lock");
+        let marker = rtp_marker(transmit.contents).filter(|_| max_segments > 1 && transmit.segment_size.is_none());
+        let Some(marker) = marker else {
+            self.flush(&mut run);
+            return Poll::Ready(self.send(
+                transmit.destination,
+                transmit.ecn,
+                transmit.contents,
+                transmit.segment_size,
+            ));
         };
-        Poll::Ready(self.port.udp.send(&transmit, &self.port.counters))
+        if !run.take(transmit.destination, transmit.contents, max_segments) {
+            self.flush(&mut run);
+            run.take(transmit.destination, transmit.contents, max_segments);
+        }
+        if marker || run.closed() || run.count == max_segments {
+            self.flush(&mut run);
+        }
+        Poll::Ready(Ok(transmit.contents.len()))
     }
 
     fn poll_recv(
@@ -200,6 +294,60 @@ mod tests {
     use super::super::tests::binding_request;
     use super::*;
     use std::time::Duration;
+
+    /// An SRTP-like datagram: an RTP header with `marker`, then `len - 12` bytes.
+    fn rtp(len: usize, marker: bool) -> Vec<u8> {
+        let mut datagram = vec![0u8; len];
+        (datagram[0], datagram[1]) = (0x80, 102 | if marker { 0x80 } else { 0 });
+        datagram
+    }
+
+    #[test]
+    fn tells_rtp_and_its_marker_from_rtcp_dtls_and_stun() {
+        assert_eq!(rtp_marker(&rtp(100, false)), Some(false));
+        assert_eq!(rtp_marker(&rtp(100, true)), Some(true));
+        assert_eq!(rtp_marker(&[0x81, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0]), None, "a sender report");
+        assert_eq!(rtp_marker(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None, "DTLS");
+        assert_eq!(rtp_marker(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), None, "STUN");
+    }
+
+    #[tokio::test]
+    async fn the_packets_of_a_frame_leave_together() {
+        let shutdown = CancellationToken::new();
+        let port = SharedPort::bind("127.0.0.1:0".parse().unwrap(), None, shutdown.clone()).unwrap();
+        if port.udp.state.max_gso_segments() <= 1 {
+            eprintln!("no UDP GSO on this kernel: nothing to test");
+            return;
+        }
+        let (runtime, _lease) = port.peer();
+        let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = client.local_addr().unwrap();
+        let frame = [rtp(1200, false), rtp(1200, false), rtp(1200, false), rtp(300, true)];
+        for (i, datagram) in frame.iter().enumerate() {
+            socket.send_to(datagram, to).await.unwrap();
+            let mut buf = [0u8; 1500];
+            let nothing_yet = tokio::time::timeout(Duration::from_millis(20), client.recv_from(&mut buf)).await;
+            if i < frame.len() - 1 {
+                assert!(nothing_yet.is_err(), "datagram {i} waits for the end of its frame");
+            } else {
+                // The first has come; the rest follow as separate datagrams (the kernel splits).
+                let (len, _) = nothing_yet.expect("the marker sends the frame").unwrap();
+                assert_eq!(len, 1200);
+                let mut lens = vec![len];
+                for _ in 1..frame.len() {
+                    lens.push(client.recv_from(&mut buf).await.unwrap().0);
+                }
+                assert_eq!(lens, [1200, 1200, 1200, 300]);
+            }
+        }
+        // Anything that is not RTP goes at once.
+        socket.send_to(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], to).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(len, 13);
+        shutdown.cancel();
+    }
 
     #[tokio::test]
     async fn routes_by_ufrag_then_by_address_and_forgets_a_peer_that_left() {

@@ -38,7 +38,6 @@ let webrtcPortBase = 52000;
  *   webrtcBind  address WebRTC media binds to (default 127.0.0.1)
  *   webrtcPort  the one UDP port of its media (default: a fresh one per gateway)
  *   webrtcPorts 'LOW-HIGH': a port per viewer instead
- *   cpus        run it on these CPUs only (taskset -c), e.g. '0'; default: any
  *   extraArgs   more flags
  *   apiToken    bearer token the test's own API calls carry (an admin token, when tokens are on)
  *   logDir      where its log goes (default target/e2e/logs)
@@ -78,10 +77,7 @@ export class Gateway {
     const logPath = path.join(logDir, `${this.opts.name}${this.starts > 1 ? `-${this.starts}` : ''}.log`);
     this.logPath = logPath;
     const log = fs.createWriteStream(logPath);
-    const [program, args] = this.opts.cpus
-      ? ['taskset', ['-c', this.opts.cpus, gatewayBinary(), ...this.args()]]
-      : [gatewayBinary(), this.args()];
-    const proc = spawn(program, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(gatewayBinary(), this.args(), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
     proc.stdout.pipe(log, { end: false });
