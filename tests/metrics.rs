@@ -59,6 +59,7 @@ async fn metrics_pass_promtool_and_follow_a_viewer_joining_and_leaving() {
     assert_eq!(value(&before, r#"livegate_stream_state{stream="live",state="no-signal"}"#), 0.0);
     assert_eq!(value(&before, r#"livegate_webrtc_viewers{stream="live",signalling="whep",transport="udp"}"#), 0.0);
     assert!(value(&before, r#"livegate_encoder_frames_total{stream="live",from="source"}"#) > 0.0);
+    assert!(value(&before, r#"livegate_encoded_frames_total{stream="live"}"#) > 0.0);
     assert!(value(&before, "process_resident_memory_bytes") > 1e6);
     assert!(value(&before, "process_open_fds") > 0.0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();

@@ -201,6 +201,8 @@ impl Collector for StreamCollector {
             }),
         )?;
 
+        media(e, ("livegate_encoded_frames", "Frames out of the encoder", None), |c| &c.frames_encoded)?;
+
         let totals: Vec<_> = streams.iter().map(|s| (s.name.clone(), self.webrtc.stream_totals(&s.name))).collect();
         gauge(
             e,

@@ -157,6 +157,8 @@ pub struct StreamCounters {
     pub keyframes_forced: AtomicU64,
     pub frames_from_source: AtomicU64,
     pub frames_from_slate: AtomicU64,
+    /// Frames out of the encoder, as RTP (the packets that end a frame carry the marker bit).
+    pub frames_encoded: AtomicU64,
     pub hls_segments: AtomicU64,
 }
 
@@ -249,7 +251,12 @@ impl MediaStream {
     fn on_packet(&self, mut raw: Bytes) {
         match rtp::Packet::unmarshal(&mut raw) {
             // No receivers is not an error: nobody is watching over WebRTC.
-            Ok(packet) => drop(self.packets.send(packet)),
+            Ok(packet) => {
+                if packet.header.marker {
+                    count(&self.counters.frames_encoded);
+                }
+                let _ = self.packets.send(packet);
+            }
             Err(err) => tracing::warn!(stream = %self.name, error = %err, "malformed RTP packet from the pipeline"),
         }
     }
