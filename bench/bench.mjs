@@ -11,6 +11,7 @@ import path from 'node:path';
 import { Gateway, ROOT } from '../tests/e2e/lib/gateway.mjs';
 import { launchBrowser, newContext, pageConsole } from '../tests/e2e/lib/browser.mjs';
 import { sleep, waitPlaying } from '../tests/e2e/lib/checks.mjs';
+import { withSegmentedLoopback } from '../tests/e2e/lib/network.mjs';
 import { CLK_TCK, CORES, cpuTicks, cpuWindow, descendants, memory, round } from './lib/proc.mjs';
 import { summary } from './lib/stats.mjs';
 import { startStaticServer } from './lib/static-server.mjs';
@@ -414,6 +415,10 @@ async function overload(browser, gw) {
  * dropped at random, both ways (iptables statistic match; this kernel has no netem).
  */
 async function lossy(browser, gw) {
+  return withSegmentedLoopback(() => lossyNow(browser, gw));
+}
+
+async function lossyNow(browser, gw) {
   const out = [];
   for (const probability of [0.02, 0.1]) {
     const rule = ['INPUT', '-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', String(probability), '-j', 'DROP'];

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { Gateway, freePort } from './lib/gateway.mjs';
 import { assertClean, launchBrowser, newContext, readPage, screenshot } from './lib/browser.mjs';
 import { assertAdvancing, assertLatency, sleep, waitPlaying, waitViewers } from './lib/checks.mjs';
+import { withSegmentedLoopback } from './lib/network.mjs';
 
 const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-e2e-'));
 const gateways = [];
@@ -417,45 +418,37 @@ async function withWebRtcPageAndRule(name, rule, { initScripts = [], path = '/?m
 async function playThroughLoss(name, probability, seconds) {
   const loss = ['-p', 'udp', '-m', 'statistic', '--mode', 'random', '--probability', String(probability), '-j', 'DROP'];
   let figures;
-  // The network loses packets, not frames: the gateway sends a frame's packets in one UDP GSO
-  // call, and loopback would hand the INPUT rule the whole batch; a NIC segments it before the
-  // wire, so segment it before loopback too.
-  execFileSync('ip', ['link', 'set', 'lo', 'gso_max_segs', '1']);
-  try {
-    await withWebRtcPageAndRule(name, loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables, gw) => {
-      iptables.add();
-      // Seeing NACKs, the player moves to a connection that is told the round-trip time.
-      const lossFrom = Date.now();
-      const connections = await page.evaluate(() => window.__pcs.length);
-      await page.waitForFunction((n) => window.livegate.measuresRtt && window.__pcs.length > n
-        && window.livegate.state === 'playing' && window.__pcs[n].connectionState === 'connected'
-        && window.__pcs.slice(0, n).every((pc) => pc.connectionState === 'closed'), connections, { timeout: 20000, polling: 200 });
-      const upgradedMs = Date.now() - lossFrom;
-      const before = await inboundVideo(page);
-      const since = await page.evaluate(() => { window.__e2e.longestGap = 0; return performance.now(); });
-      await sleep(seconds * 1000);
-      const after = await inboundVideo(page);
-      iptables.remove();
-      const metrics = (await gw.get('/metrics')).body;
-      const nackedByGateway = Number(/^livegate_rtp_packets_nacked_total\{stream="live"\} (\d+)$/m.exec(metrics)?.[1]);
-      const { latencies, longestGapMs } = await page.evaluate((t) => ({
-        latencies: window.__e2e.samples.filter((s) => s.t >= t && s.latency !== null).map((s) => s.latency),
-        longestGapMs: Math.round(window.__e2e.longestGap),
-      }), since);
-      latencies.sort((a, b) => a - b);
-      const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
-      const delta = (k) => after[k] - before[k];
-      figures = {
-        loss: probability, upgradedMs, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
-        freezes: delta('freezeCount'), freezeSeconds: Number(delta('totalFreezesDuration').toFixed(3)), packetsLost: delta('packetsLost'),
-        longestGapMs, p50: pct(0.5), p95: pct(0.95), rttMs: after.roundTripTime === undefined ? null : after.roundTripTime * 1000,
-        nackedByGateway,
-      };
-    });
-    log(`${probability * 100} % loss over ${seconds} s: ${JSON.stringify(figures)}`);
-  } finally {
-    execFileSync('ip', ['link', 'set', 'lo', 'gso_max_segs', '65535']);
-  }
+  await withSegmentedLoopback(() => withWebRtcPageAndRule(name, loss, { initScripts: [KEEP_PEER_CONNECTIONS] }, async (page, iptables, gw) => {
+    iptables.add();
+    // Seeing NACKs, the player moves to a connection that is told the round-trip time.
+    const lossFrom = Date.now();
+    const connections = await page.evaluate(() => window.__pcs.length);
+    await page.waitForFunction((n) => window.livegate.measuresRtt && window.__pcs.length > n
+      && window.livegate.state === 'playing' && window.__pcs[n].connectionState === 'connected'
+      && window.__pcs.slice(0, n).every((pc) => pc.connectionState === 'closed'), connections, { timeout: 20000, polling: 200 });
+    const upgradedMs = Date.now() - lossFrom;
+    const before = await inboundVideo(page);
+    const since = await page.evaluate(() => { window.__e2e.longestGap = 0; return performance.now(); });
+    await sleep(seconds * 1000);
+    const after = await inboundVideo(page);
+    iptables.remove();
+    const metrics = (await gw.get('/metrics')).body;
+    const nackedByGateway = Number(/^livegate_rtp_packets_nacked_total\{stream="live"\} (\d+)$/m.exec(metrics)?.[1]);
+    const { latencies, longestGapMs } = await page.evaluate((t) => ({
+      latencies: window.__e2e.samples.filter((s) => s.t >= t && s.latency !== null).map((s) => s.latency),
+      longestGapMs: Math.round(window.__e2e.longestGap),
+    }), since);
+    latencies.sort((a, b) => a - b);
+    const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
+    const delta = (k) => after[k] - before[k];
+    figures = {
+      loss: probability, upgradedMs, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
+      freezes: delta('freezeCount'), freezeSeconds: Number(delta('totalFreezesDuration').toFixed(3)), packetsLost: delta('packetsLost'),
+      longestGapMs, p50: pct(0.5), p95: pct(0.95), rttMs: after.roundTripTime === undefined ? null : after.roundTripTime * 1000,
+      nackedByGateway,
+    };
+  }));
+  log(`${probability * 100} % loss over ${seconds} s: ${JSON.stringify(figures)}`);
   return figures;
 }
 
