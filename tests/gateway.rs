@@ -288,6 +288,13 @@ fn start_up_errors_name_the_problem() {
     ]);
     assert_ne!(code, 0, "a broken certificate is fatal, never a fallback to HTTP");
     assert!(stderr.contains("TLS") && stderr.contains("tls.crt"), "{stderr}");
+
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stderr) =
+        common::run_to_exit(&["--listen", "127.0.0.1:0", "--webrtc-bind", "127.0.0.1", "--webrtc-port", &port]);
+    assert_ne!(code, 0, "a media port in use is fatal");
+    assert!(stderr.contains(&format!("UDP 127.0.0.1:{port}")) && stderr.contains("--webrtc-port"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

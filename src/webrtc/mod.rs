@@ -50,7 +50,7 @@ pub enum WebRtcError {
     TooManyViewers { stream: String, max: usize },
     #[error("all {total} WebRTC UDP ports ({range}) are in use; widen --webrtc-ports")]
     NoFreePort { total: usize, range: String },
-    #[error("cannot bind the WebRTC media ports ({addrs}): {reason}")]
+    #[error("cannot bind the WebRTC media ports ({addrs}): {reason}; choose others with --webrtc-port and --webrtc-tcp-port")]
     Bind { addrs: String, reason: String },
     #[error("the offer was rejected: {0}")]
     Offer(String),
@@ -136,7 +136,7 @@ impl WebRtc {
                 let (udp, tcp) =
                     (SocketAddr::new(settings.bind, udp), tcp.map(|tcp| SocketAddr::new(settings.bind, tcp)));
                 let port = SharedPort::bind(udp, tcp, shutdown.clone()).map_err(|err| WebRtcError::Bind {
-                    addrs: format!("UDP {udp}, TCP {tcp:?}"),
+                    addrs: format!("UDP {udp}, TCP {}", tcp.map_or("off".into(), |tcp| tcp.to_string())),
                     reason: err.to_string(),
                 })?;
                 Media::Shared(port)
