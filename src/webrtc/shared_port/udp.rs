@@ -8,7 +8,7 @@
 //! each peer's socket holds the SRTP packets of a frame, which share a destination and all but
 //! the last a size, until the one with the RTP marker bit (the frame's last; SRTP leaves the
 //! header in clear) or anything else comes. The frame cannot be decoded before its last packet
-//! anyway, and they come microseconds apart.
+//! anyway, and they come microseconds apart. Retransmissions go at once.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -143,18 +143,21 @@ struct Run {
     segment: usize,
     count: usize,
     buffer: Vec<u8>,
+    /// The newest RTP sequence number taken: anything not newer is a retransmission.
+    newest: Option<u16>,
 }
 
 /// Most datagrams, and bytes, one GSO send carries (the kernel's limits).
 const GSO_SEGMENTS: usize = 64;
 const GSO_BYTES: usize = 65_000;
 
-/// Whether an (S)RTP datagram ends its frame, or `None` if it is not RTP (STUN, DTLS, RTCP).
-fn rtp_marker(datagram: &[u8]) -> Option<bool> {
-    let (&first, &second) = (datagram.first()?, datagram.get(1)?);
+/// An (S)RTP datagram's marker bit (the end of a frame) and sequence number, or `None` if it
+/// is not RTP (STUN, DTLS, RTCP).
+fn rtp_header(datagram: &[u8]) -> Option<(bool, u16)> {
+    let header = datagram.get(..12)?;
     // Version 2, and not an RTCP packet type (200-206 read as marker + payload type 72-78).
-    let rtp = first >> 6 == 2 && !(64..=95).contains(&(second & 0x7f)) && datagram.len() >= 12;
-    rtp.then_some(second & 0x80 != 0)
+    let rtp = header[0] >> 6 == 2 && !(64..=95).contains(&(header[1] & 0x7f));
+    rtp.then(|| (header[1] & 0x80 != 0, u16::from_be_bytes([header[2], header[3]])))
 }
 
 impl Run {
@@ -233,8 +236,10 @@ impl AsyncUdpSocket for PeerSocket {
         }
         let max_segments = self.port.udp.state.max_gso_segments().min(GSO_SEGMENTS);
         let mut run = self.frame.lock().expect("frame lock");
-        let marker = rtp_marker(transmit.contents).filter(|_| max_segments > 1 && transmit.segment_size.is_none());
-        let Some(marker) = marker else {
+        let rtp = rtp_header(transmit.contents).filter(|_| max_segments > 1 && transmit.segment_size.is_none());
+        // A retransmission answers a NACK: it goes at once, not with the next frame.
+        let in_order = |(_, sequence): &(bool, u16)| run.newest.is_none_or(|n| sequence.wrapping_sub(n) as i16 > 0);
+        let Some((marker, sequence)) = rtp.filter(in_order) else {
             self.flush(&mut run);
             return Poll::Ready(self.send(
                 transmit.destination,
@@ -243,6 +248,7 @@ impl AsyncUdpSocket for PeerSocket {
                 transmit.segment_size,
             ));
         };
+        run.newest = Some(sequence);
         if !run.take(transmit.destination, transmit.contents, max_segments) {
             self.flush(&mut run);
             run.take(transmit.destination, transmit.contents, max_segments);
@@ -295,20 +301,21 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// An SRTP-like datagram: an RTP header with `marker`, then `len - 12` bytes.
-    fn rtp(len: usize, marker: bool) -> Vec<u8> {
+    /// An SRTP-like datagram: an RTP header with `sequence` and `marker`, then `len - 12` bytes.
+    fn rtp(len: usize, sequence: u16, marker: bool) -> Vec<u8> {
         let mut datagram = vec![0u8; len];
         (datagram[0], datagram[1]) = (0x80, 102 | if marker { 0x80 } else { 0 });
+        datagram[2..4].copy_from_slice(&sequence.to_be_bytes());
         datagram
     }
 
     #[test]
     fn tells_rtp_and_its_marker_from_rtcp_dtls_and_stun() {
-        assert_eq!(rtp_marker(&rtp(100, false)), Some(false));
-        assert_eq!(rtp_marker(&rtp(100, true)), Some(true));
-        assert_eq!(rtp_marker(&[0x81, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0]), None, "a sender report");
-        assert_eq!(rtp_marker(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None, "DTLS");
-        assert_eq!(rtp_marker(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), None, "STUN");
+        assert_eq!(rtp_header(&rtp(100, 7, false)), Some((false, 7)));
+        assert_eq!(rtp_header(&rtp(100, 8, true)), Some((true, 8)));
+        assert_eq!(rtp_header(&[0x81, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0]), None, "a sender report");
+        assert_eq!(rtp_header(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None, "DTLS");
+        assert_eq!(rtp_header(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), None, "STUN");
     }
 
     #[tokio::test]
@@ -323,7 +330,7 @@ mod tests {
         let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = client.local_addr().unwrap();
-        let frame = [rtp(1200, false), rtp(1200, false), rtp(1200, false), rtp(300, true)];
+        let frame = [rtp(1200, 1, false), rtp(1200, 2, false), rtp(1200, 3, false), rtp(300, 4, true)];
         for (i, datagram) in frame.iter().enumerate() {
             socket.send_to(datagram, to).await.unwrap();
             let mut buf = [0u8; 1500];
@@ -341,11 +348,15 @@ mod tests {
                 assert_eq!(lens, [1200, 1200, 1200, 300]);
             }
         }
-        // Anything that is not RTP goes at once.
-        socket.send_to(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], to).await.unwrap();
-        let mut buf = [0u8; 64];
-        let (len, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await.unwrap().unwrap();
-        assert_eq!(len, 13);
+        // Anything that is not RTP goes at once, and so does a retransmission.
+        let mut buf = [0u8; 1500];
+        for (datagram, what) in
+            [(vec![22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], "DTLS"), (rtp(1200, 2, false), "resent")]
+        {
+            socket.send_to(&datagram, to).await.unwrap();
+            let received = tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut buf)).await;
+            assert_eq!(received.expect(what).unwrap().0, datagram.len(), "{what}");
+        }
         shutdown.cancel();
     }
 
