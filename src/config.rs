@@ -762,7 +762,12 @@ impl Config {
                 ))
             }
             (_, Some(range)) if s.webrtc_tcp_port.is_some_and(|port| port != 0) => {
-                return Err(invalid("webrtc_tcp_port", range, "ICE-TCP only with the shared webrtc_port"))
+                let tcp = s.webrtc_tcp_port.unwrap_or_default();
+                return Err(invalid(
+                    "webrtc_tcp_port",
+                    tcp,
+                    format!("0 (off) with webrtc_ports ({range}): ICE-TCP needs the shared webrtc_port"),
+                ));
             }
             (_, Some(range)) => MediaPorts::PerViewer(range),
             (port, None) => {
@@ -995,6 +1000,7 @@ mod tests {
             (&["--webrtc-ports", "6000-5000"], "LOW-HIGH"),
             (&["--webrtc-port", "0"], "1 to 65535"),
             (&["--webrtc-port", "9000", "--webrtc-ports", "5000-5001"], "not both"),
+            (&["--webrtc-ports", "5000-5001", "--webrtc-tcp-port", "5002"], "ICE-TCP needs the shared webrtc_port"),
             (&["--tls-cert", "/c.pem"], "`tls_key`"),
             (&["--no-tls", "--tls-cert", "/c", "--tls-key", "/k"], "not both"),
             (&["--max-viewers", "0"], "at least 1"),

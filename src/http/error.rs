@@ -25,7 +25,7 @@ impl IntoResponse for SignallingError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SignallingError::WebRtc(WebRtcError::Offer(_) | WebRtcError::Candidate { .. }) => StatusCode::BAD_REQUEST,
-            SignallingError::WebRtc(WebRtcError::Setup(_) | WebRtcError::Bind { .. }) => {
+            SignallingError::WebRtc(WebRtcError::Setup(_) | WebRtcError::Bind { .. } | WebRtcError::SharedPort(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

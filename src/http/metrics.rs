@@ -303,7 +303,7 @@ impl Collector for GatewayCollector {
                     ("unroutable", &c.unroutable),
                     ("inbox_full", &c.inbox_full),
                     ("send_buffer_full", &c.send_buffer_full),
-                    ("tcp_unnamed", &c.tcp_unnamed),
+                    ("tcp_refused", &c.tcp_refused),
                 ]
                 .map(|(reason, n)| (vec![("reason", reason.to_owned())], Counters::get(n))),
             )?;

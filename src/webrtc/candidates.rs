@@ -53,7 +53,9 @@ impl CandidatePolicy {
             return Some("not a candidate attribute".into());
         };
         if !transport.eq_ignore_ascii_case("udp") {
-            return Some(format!("transport {transport} (media is UDP only)"));
+            return Some(format!(
+                "transport {transport} (the gateway's TCP candidates are passive: it is the one connected to)"
+            ));
         }
         let Ok(ip) = address.parse::<IpAddr>() else {
             return Some(format!("{address:?} is not an IP address (mDNS names are not resolved)"));

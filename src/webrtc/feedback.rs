@@ -29,6 +29,7 @@ use rtc::shared::error::Error;
 use rtc::shared::TransportContext;
 
 use super::budget::InFlight;
+use super::forward::newer;
 use super::stats::ViewerStats;
 
 /// The SDP attribute (media level) that asks the browser to send receiver reference times.
@@ -166,7 +167,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
         if let Packet::Rtp(packet) = &message.message.packet {
             let sequence = packet.header.sequence_number;
             match self.newest {
-                Some(newest) if (sequence.wrapping_sub(newest) as i16) <= 0 => self.stats.retransmitted(),
+                Some(newest) if !newer(sequence, newest) => self.stats.retransmitted(),
                 _ => self.newest = Some(sequence),
             }
         }

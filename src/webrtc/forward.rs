@@ -6,6 +6,11 @@ use rtc::rtp;
 
 use super::h264;
 
+/// Whether RTP sequence number `sequence` comes after `than` (modulo 2^16, RFC 3550).
+pub fn newer(sequence: u16, than: u16) -> bool {
+    (sequence.wrapping_sub(than) as i16) > 0
+}
+
 /// What happened to one packet offered to a viewer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -13,7 +18,7 @@ pub enum Verdict {
     /// Skipped while waiting for a keyframe to start decoding from.
     WaitingForKeyframe,
     /// The packet has no room for the header extension.
-    Malformed,
+    NoRoomForExtension,
 }
 
 /// A header extension every packet carries: its negotiated id and its bytes.
@@ -71,7 +76,7 @@ impl Forwarder {
         packet.header.payload_type = self.payload_type;
         if let Some(extension) = &self.extension {
             if packet.header.set_extension(extension.id, extension.data.clone()).is_err() {
-                return Verdict::Malformed;
+                return Verdict::NoRoomForExtension;
             }
         }
         // Renumbered so that what we skipped is not a gap the browser would NACK.
@@ -108,6 +113,12 @@ mod tests {
             Verdict::Send(p) => p,
             other => panic!("expected a packet to send, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        assert!(newer(1, 0) && newer(0, u16::MAX) && newer(100, 65_000));
+        assert!(!newer(0, 0) && !newer(0, 1) && !newer(65_000, 100));
     }
 
     #[test]

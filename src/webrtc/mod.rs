@@ -38,8 +38,8 @@ use candidates::CandidatePolicy;
 pub use engine::{media_engine, H264_PROFILE_LEVEL_IDS, PLAYOUT_DELAY_URI};
 use ports::PortPool;
 use registry::{Registry, ViewerCounts};
-use sdp::{agree_to_reference_times, ice_ufrag, rewrite_host_candidates, Advertised};
-use shared_port::SharedPort;
+use sdp::{agree_to_reference_times, ice_credentials, rewrite_host_candidates, Advertised};
+use shared_port::{SharedPort, SharedPortError};
 use stats::{Ended, StreamTotals, ViewerStats};
 pub use viewer::Viewer;
 use viewer::{serve_viewer, MediaLease, OwnTrack, RemoteCandidates};
@@ -58,6 +58,8 @@ pub enum WebRtcError {
     Setup(String),
     #[error("bad ICE candidate {candidate:?}: {reason}")]
     Candidate { candidate: String, reason: String },
+    #[error(transparent)]
+    SharedPort(#[from] SharedPortError),
 }
 
 pub(crate) fn setup<E: std::fmt::Display>(err: E) -> WebRtcError {
@@ -302,8 +304,9 @@ impl WebRtc {
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
         let (track, answer) = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await?;
         if let MediaLease::Shared(lease) = &media {
-            let ufrag = ice_ufrag(&answer).ok_or_else(|| setup("the answer has no a=ice-ufrag"))?;
-            lease.register_ufrag(ufrag).map_err(WebRtcError::Setup)?;
+            let credentials =
+                ice_credentials(&answer).ok_or_else(|| setup("the answer has no a=ice-ufrag/a=ice-pwd"))?;
+            lease.register(credentials.0, credentials.1)?;
         }
         unfinished.done();
 

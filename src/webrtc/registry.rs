@@ -63,7 +63,9 @@ impl Registry {
     }
 
     pub fn remove(&self, id: &str) {
-        self.lock().viewers.remove(id);
+        let removed = self.lock().viewers.remove(id);
+        // Dropped after the lock: the last reference drops its `Place`, which takes the lock.
+        drop(removed);
     }
 
     pub fn viewer(&self, id: &str) -> Option<Arc<Viewer>> {

@@ -46,9 +46,10 @@ pub fn rewrite_host_candidates(sdp: &str, advertised: Advertised) -> String {
         .collect()
 }
 
-/// The `a=ice-ufrag` of an SDP.
-pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines().find_map(|line| line.trim_end().strip_prefix("a=ice-ufrag:"))
+/// The `a=ice-ufrag` and `a=ice-pwd` of an SDP.
+pub(super) fn ice_credentials(sdp: &str) -> Option<(&str, &str)> {
+    let attribute = |name: &str| sdp.lines().find_map(|line| line.trim_end().strip_prefix(name));
+    Some((attribute("a=ice-ufrag:")?, attribute("a=ice-pwd:")?))
 }
 
 /// Adds `a=rtcp-xr:rcvr-rtt=all` to each media section of an answer to an offer that has it:

@@ -202,6 +202,7 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     let mut forwarder = Forwarder::new(ssrc, negotiated.payload_type, (rand_u32() & 0x7fff) as u16, extension);
     let connected = std::time::Instant::now();
     let mut budget_spent = 0u64;
+    let mut warned_no_room = false;
     loop {
         let packet = match packets.recv().await {
             Ok(packet) => packet,
@@ -245,8 +246,11 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
                 }
             }
             Verdict::WaitingForKeyframe => viewer.stats.dropped(1),
-            Verdict::Malformed => {
-                tracing::warn!(stream = %viewer.stream, "RTP packet with no room for the playout-delay extension")
+            Verdict::NoRoomForExtension => {
+                if !warned_no_room {
+                    tracing::warn!(stream = %viewer.stream, "RTP packets with no room for the playout-delay extension");
+                    warned_no_room = true;
+                }
             }
         }
     }

@@ -10,15 +10,20 @@
 //!
 //! Who gets what arrives:
 //! - a STUN binding request names its peer in USERNAME (`<our ufrag>:<theirs>`), registered from
-//!   the peer's answer; on UDP, the address it came from is then that peer's, and on TCP the
-//!   connection it opened is;
+//!   the peer's answer, and is signed with that peer's ICE password (MESSAGE-INTEGRITY, checked
+//!   here); on UDP, the address it came from is then that peer's, and on TCP the connection it
+//!   opened is;
 //! - any other datagram (a STUN response, DTLS, SRTCP) goes by the address it came from, learnt
 //!   from those requests or from the peer's own checks to an address no other peer has.
+//!
+//! A peer holds at most `MAX_REMOTES` addresses (the oldest goes) and `MAX_CONNECTIONS` TCP
+//! connections, so no viewer can grow the routing table or take the process's descriptors.
 
+mod stun;
 mod tcp;
 mod udp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +32,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime, TokioRuntime,
@@ -35,27 +40,54 @@ use webrtc::runtime::{
 
 /// A peer's key in the routing table.
 type PeerId = u64;
+/// Remote addresses one peer may hold (a browser checks from a few candidates).
+const MAX_REMOTES: usize = 8;
+/// ICE-TCP connections one peer may hold (a browser opens one per candidate pair).
+const MAX_CONNECTIONS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedPortError {
+    #[error("ICE ufrag {ufrag:?} is already in use on the shared port")]
+    UfragInUse { ufrag: String },
+}
 
 /// What arrived on the shared port that no peer could take.
 #[derive(Debug, Default)]
-pub struct MuxCounters {
-    /// Datagrams from an address no peer knows, or for a ufrag no peer has.
+pub struct SharedPortCounters {
+    /// Datagrams from an address no peer knows, or binding requests for a ufrag no peer has or
+    /// not signed with its password.
     pub unroutable: AtomicU64,
     /// Datagrams dropped because the peer's inbox was full.
     pub inbox_full: AtomicU64,
     /// Datagrams not sent because the socket's send buffer was full.
     pub send_buffer_full: AtomicU64,
-    /// TCP connections closed before they named a peer.
-    pub tcp_unnamed: AtomicU64,
+    /// TCP connections closed before reaching a peer: no signed binding request in time, or the
+    /// peer already holds its `MAX_CONNECTIONS`.
+    pub tcp_refused: AtomicU64,
 }
 
-#[derive(Default)]
 struct PeerRoutes {
-    ufrag: Option<String>,
-    remotes: Vec<SocketAddr>,
-    /// One per local address the peer gathered on.
+    /// The ICE ufrag and password of the peer's answer.
+    credentials: Option<(String, String)>,
+    /// Oldest first.
+    remotes: VecDeque<SocketAddr>,
+    /// One per local address the peer gathered on. webrtc-rs rebinds (adding more) only for an ICE
+    /// restart that discards its candidates, which livegate never asks for.
     datagrams: Vec<(IpAddr, mpsc::Sender<udp::Datagram>)>,
     connections: Vec<(IpAddr, mpsc::Sender<tcp::Accepted>)>,
+    connection_permits: Arc<Semaphore>,
+}
+
+impl Default for PeerRoutes {
+    fn default() -> PeerRoutes {
+        PeerRoutes {
+            credentials: None,
+            remotes: VecDeque::new(),
+            datagrams: Vec::new(),
+            connections: Vec::new(),
+            connection_permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -73,21 +105,29 @@ fn inbox_for<T>(inboxes: &[(IpAddr, mpsc::Sender<T>)], local: Option<IpAddr>) ->
 
 impl Routes {
     fn claim(&mut self, remote: SocketAddr, peer: PeerId) {
+        let Some(routes) = self.peers.get_mut(&peer) else { return };
+        if routes.remotes.contains(&remote) {
+            return;
+        }
+        routes.remotes.push_back(remote);
+        let oldest = (routes.remotes.len() > MAX_REMOTES).then(|| routes.remotes.pop_front()).flatten();
+        if let Some(oldest) = oldest.filter(|oldest| self.by_remote.get(oldest) == Some(&peer)) {
+            self.by_remote.remove(&oldest);
+        }
         if let Some(previous) = self.by_remote.insert(remote, peer).filter(|p| *p != peer) {
             if let Some(routes) = self.peers.get_mut(&previous) {
                 routes.remotes.retain(|r| *r != remote);
             }
         }
-        if let Some(routes) = self.peers.get_mut(&peer) {
-            if !routes.remotes.contains(&remote) {
-                routes.remotes.push(remote);
-            }
-        }
     }
 
-    fn peer_of_ufrag(&self, ufrag: &str) -> Option<(PeerId, &PeerRoutes)> {
-        let peer = *self.by_ufrag.get(ufrag)?;
-        Some((peer, self.peers.get(&peer)?))
+    /// The peer a binding request is for, if it is signed with that peer's password.
+    fn signed_request_peer(&self, message: &[u8]) -> Option<(PeerId, &PeerRoutes)> {
+        let request = stun::BindingRequest::parse(message)?;
+        let peer = *self.by_ufrag.get(request.local_ufrag)?;
+        let routes = self.peers.get(&peer)?;
+        let (_, password) = routes.credentials.as_ref()?;
+        request.signed_with(password).then_some((peer, routes))
     }
 }
 
@@ -96,7 +136,7 @@ pub struct SharedPort {
     udp: udp::Socket,
     tcp: Option<tcp::Listener>,
     routes: Mutex<Routes>,
-    pub counters: MuxCounters,
+    pub counters: SharedPortCounters,
 }
 
 impl std::fmt::Debug for SharedPort {
@@ -138,14 +178,14 @@ impl SharedPort {
         (Arc::new(PeerRuntime { port: self.clone(), peer }), PeerLease { port: self.clone(), peer })
     }
 
-    fn register_ufrag(&self, peer: PeerId, ufrag: &str) -> Result<(), String> {
+    fn register(&self, peer: PeerId, ufrag: &str, password: &str) -> Result<(), SharedPortError> {
         let mut routes = self.routes.lock().expect("routes lock");
         if routes.by_ufrag.contains_key(ufrag) {
-            return Err(format!("ICE ufrag {ufrag:?} is already in use on the shared port"));
+            return Err(SharedPortError::UfragInUse { ufrag: ufrag.to_owned() });
         }
         routes.by_ufrag.insert(ufrag.to_owned(), peer);
         if let Some(routes) = routes.peers.get_mut(&peer) {
-            routes.ufrag = Some(ufrag.to_owned());
+            routes.credentials = Some((ufrag.to_owned(), password.to_owned()));
         }
         Ok(())
     }
@@ -162,7 +202,7 @@ impl SharedPort {
     fn forget(&self, peer: PeerId) {
         let mut routes = self.routes.lock().expect("routes lock");
         let Some(gone) = routes.peers.remove(&peer) else { return };
-        if let Some(ufrag) = gone.ufrag {
+        if let Some((ufrag, _)) = gone.credentials {
             routes.by_ufrag.remove(&ufrag);
         }
         for remote in gone.remotes {
@@ -172,8 +212,8 @@ impl SharedPort {
         }
     }
 
-    /// Peers with routes, for tests and diagnostics.
-    pub fn peers(&self) -> usize {
+    #[cfg(test)]
+    fn peers(&self) -> usize {
         self.routes.lock().expect("routes lock").peers.len()
     }
 }
@@ -189,9 +229,10 @@ impl PeerLease {
         self.port.udp_port()
     }
 
-    /// Routes STUN requests for `ufrag` (the `a=ice-ufrag` of the peer's answer) to this peer.
-    pub fn register_ufrag(&self, ufrag: &str) -> Result<(), String> {
-        self.port.register_ufrag(self.peer, ufrag)
+    /// Routes STUN requests for `ufrag` signed with `password` (the `a=ice-ufrag` and
+    /// `a=ice-pwd` of the peer's answer) to this peer.
+    pub fn register(&self, ufrag: &str, password: &str) -> Result<(), SharedPortError> {
+        self.port.register(self.peer, ufrag, password)
     }
 }
 
@@ -199,29 +240,6 @@ impl Drop for PeerLease {
     fn drop(&mut self) {
         self.port.forget(self.peer);
     }
-}
-
-/// The local ufrag of a STUN binding request (RFC 8445 § 7.2.2: USERNAME is `ours:theirs`).
-fn stun_request_local_ufrag(message: &[u8]) -> Option<&str> {
-    const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
-    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-    const USERNAME: u16 = 0x0006;
-    if message.len() < 20 || message[0..2] != BINDING_REQUEST || message[4..8] != MAGIC_COOKIE {
-        return None;
-    }
-    let length = usize::from(u16::from_be_bytes([message[2], message[3]]));
-    let mut attributes = message.get(20..20 + length)?;
-    while attributes.len() >= 4 {
-        let kind = u16::from_be_bytes([attributes[0], attributes[1]]);
-        let size = usize::from(u16::from_be_bytes([attributes[2], attributes[3]]));
-        let value = attributes.get(4..4 + size)?;
-        if kind == USERNAME {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next();
-        }
-        attributes = attributes.get((4 + size).next_multiple_of(4)..).unwrap_or_default();
-    }
-    None
 }
 
 /// `TokioRuntime`, except that the sockets and listeners it wraps are views of the shared ones.
@@ -303,36 +321,5 @@ impl Runtime for PeerRuntime {
 
     fn name(&self) -> &'static str {
         "livegate-shared-port"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A binding request with USERNAME `user` after a PRIORITY attribute.
-    pub(super) fn binding_request(user: &str) -> Vec<u8> {
-        let mut attributes = vec![0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4];
-        attributes.extend_from_slice(&0x0006u16.to_be_bytes());
-        attributes.extend_from_slice(&(user.len() as u16).to_be_bytes());
-        attributes.extend_from_slice(user.as_bytes());
-        attributes.resize(attributes.len().next_multiple_of(4), 0);
-        let mut message = vec![0x00, 0x01];
-        message.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
-        message.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-        message.extend_from_slice(&[7; 12]);
-        message.extend_from_slice(&attributes);
-        message
-    }
-
-    #[test]
-    fn finds_our_ufrag_in_binding_requests_only() {
-        assert_eq!(stun_request_local_ufrag(&binding_request("ours:theirs")), Some("ours"));
-        let mut response = binding_request("ours:theirs");
-        response[0..2].copy_from_slice(&[0x01, 0x01]);
-        assert_eq!(stun_request_local_ufrag(&response), None, "responses carry no USERNAME to trust");
-        let truncated = binding_request("ours:theirs");
-        assert_eq!(stun_request_local_ufrag(&truncated[..truncated.len() - 8]), None);
-        assert_eq!(stun_request_local_ufrag(&[0x80; 40]), None, "RTP is not STUN");
     }
 }

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use webrtc::runtime::{AsyncTcpListener, AsyncTcpStream};
 
-use super::{inbox_for, stun_request_local_ufrag, SharedPort};
+use super::{inbox_for, SharedPort};
 
 /// Connections waiting for one peer's driver to accept them.
 pub(super) const INBOX: usize = 8;
@@ -32,6 +32,8 @@ pub(super) struct Accepted {
     stream: tokio::net::TcpStream,
     first: Vec<u8>,
     remote: SocketAddr,
+    /// One of the peer's `MAX_CONNECTIONS`, until webrtc-rs drops the connection.
+    permit: OwnedSemaphorePermit,
 }
 
 pub(super) struct Listener {
@@ -67,7 +69,7 @@ pub(super) async fn accept(port: Arc<SharedPort>, shutdown: CancellationToken) {
             },
         };
         let Ok(permit) = unnamed.clone().try_acquire_owned() else {
-            port.counters.tcp_unnamed.fetch_add(1, Ordering::Relaxed);
+            port.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let port = port.clone();
@@ -75,7 +77,7 @@ pub(super) async fn accept(port: Arc<SharedPort>, shutdown: CancellationToken) {
             let handed = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, hand_over(&port, stream, remote)).await;
             if let Err(reason) = handed.unwrap_or_else(|_| Err("no binding request in time".into())) {
                 tracing::debug!(%remote, reason, "ICE-TCP connection refused");
-                port.counters.tcp_unnamed.fetch_add(1, Ordering::Relaxed);
+                port.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
         });
@@ -91,12 +93,14 @@ async fn hand_over(port: &SharedPort, mut stream: tokio::net::TcpStream, remote:
     let mut first = vec![0u8; 2 + usize::from(length)];
     first[..2].copy_from_slice(&length.to_be_bytes());
     stream.read_exact(&mut first[2..]).await.map_err(|e| e.to_string())?;
-    let ufrag = stun_request_local_ufrag(&first[2..]).ok_or("the first message is not a STUN binding request")?;
-    let local_ip = stream.local_addr().ok().map(|a| a.ip());
+    let local_ip = stream.local_addr().ok().map(|a| a.ip().to_canonical());
     let routes = port.routes.lock().expect("routes lock");
-    let (_, peer) = routes.peer_of_ufrag(ufrag).ok_or_else(|| format!("no peer has ufrag {ufrag:?}"))?;
+    let (_, peer) = routes.signed_request_peer(&first[2..]).ok_or("no binding request signed for a peer")?;
+    let permit = peer.connection_permits.clone().try_acquire_owned().map_err(|_| "the peer has its connections")?;
     let inbox = inbox_for(&peer.connections, local_ip).ok_or("the peer has no ICE-TCP listener")?;
-    inbox.try_send(Accepted { stream, first, remote }).map_err(|_| "the peer has connections waiting".to_owned())
+    let accepted =
+        Accepted { stream, first, remote: SocketAddr::new(remote.ip().to_canonical(), remote.port()), permit };
+    inbox.try_send(accepted).map_err(|_| "the peer has connections waiting".to_owned())
 }
 
 /// One peer's view of the shared listener.
@@ -135,6 +139,7 @@ impl AsyncTcpListener for PeerListener {
                 // Named after the peer's own listener, so webrtc-rs pairs it with that candidate.
                 local: self.local,
                 remote: accepted.remote,
+                _permit: accepted.permit,
             };
             Ok((Arc::new(stream) as Arc<dyn AsyncTcpStream>, accepted.remote))
         })
@@ -153,6 +158,7 @@ struct PeerStream {
     write: OwnedWriteHalf,
     local: SocketAddr,
     remote: SocketAddr,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl AsyncTcpStream for PeerStream {
@@ -210,7 +216,8 @@ impl AsyncTcpStream for PeerStream {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::binding_request;
+    use super::super::stun::tests::binding_request;
+    use super::super::MAX_CONNECTIONS;
     use super::*;
     use tokio::io::AsyncWriteExt;
 
@@ -224,17 +231,17 @@ mod tests {
         let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let name = own.local_addr().unwrap();
         let listener = runtime.wrap_tcp_listener(own).unwrap();
-        lease.register_ufrag("tcpu").unwrap();
+        lease.register("tcpu", "tcp password").unwrap();
 
         // A stranger's connection is closed; the peer's is handed over with its request unread.
         let mut stranger = tokio::net::TcpStream::connect(shared).await.unwrap();
-        let request = binding_request("nobody:x");
+        let request = binding_request("tcpu:x", "a guess");
         stranger.write_all(&[&(request.len() as u16).to_be_bytes()[..], &request].concat()).await.unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(stranger.read(&mut byte).await.unwrap(), 0, "closed");
 
         let mut client = tokio::net::TcpStream::connect(shared).await.unwrap();
-        let request = binding_request("tcpu:x");
+        let request = binding_request("tcpu:x", "tcp password");
         let framed = [&(request.len() as u16).to_be_bytes()[..], &request].concat();
         client.write_all(&framed).await.unwrap();
         let (stream, remote) = tokio::time::timeout(Duration::from_secs(2), listener.accept()).await.unwrap().unwrap();
@@ -247,7 +254,18 @@ mod tests {
         let mut answer = [0u8; 4];
         client.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"\x00\x02hi");
-        assert_eq!(port.counters.tcp_unnamed.load(Ordering::Relaxed), 1);
+
+        // A peer holds at most MAX_CONNECTIONS: the one above, three more, and no fifth.
+        let mut more = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut extra = tokio::net::TcpStream::connect(shared).await.unwrap();
+            extra.write_all(&framed).await.unwrap();
+            more.push(extra);
+        }
+        let mut fifth = more.pop().unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(closed, 0, "over the peer's limit");
+        assert_eq!(port.counters.tcp_refused.load(Ordering::Relaxed), 2);
         shutdown.cancel();
     }
 }

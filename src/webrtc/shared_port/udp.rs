@@ -21,10 +21,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use webrtc::runtime::{AsyncUdpSocket, EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
-use super::{inbox_for, stun_request_local_ufrag, PeerId, SharedPort};
+use super::{inbox_for, PeerId, SharedPort, SharedPortCounters};
+use crate::webrtc::forward::newer;
 
 /// Datagrams waiting for one peer's driver. Viewers send us little (STUN, DTLS, RTCP).
 pub(super) const INBOX: usize = 128;
+/// The largest datagram taken from a viewer.
+const MAX_DATAGRAM: usize = 2048;
 /// Receive buffer per message of a `recvmmsg` batch: room for GRO-coalesced datagrams.
 const RECEIVE_BUFFER: usize = 64 * 1024;
 /// Kernel buffers of the shared socket (capped by net.core.[rw]mem_max).
@@ -60,11 +63,12 @@ impl Socket {
         Ok(Socket { io, state, local })
     }
 
-    fn send(&self, transmit: &Transmit<'_>, counters: &super::MuxCounters) -> io::Result<usize> {
+    fn send(&self, transmit: &Transmit<'_>, counters: &SharedPortCounters) -> io::Result<usize> {
         match self.state.try_send(UdpSockRef::from(&self.io), transmit) {
             Ok(()) => Ok(transmit.contents.len()),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                counters.send_buffer_full.fetch_add(1, Ordering::Relaxed);
+                let datagrams = transmit.segment_size.map_or(1, |size| transmit.contents.len().div_ceil(size));
+                counters.send_buffer_full.fetch_add(datagrams as u64, Ordering::Relaxed);
                 Ok(transmit.contents.len())
             }
             Err(err) => Err(err),
@@ -102,16 +106,26 @@ pub(super) async fn receive(port: Arc<SharedPort>, shutdown: CancellationToken) 
 }
 
 fn dispatch(port: &SharedPort, datagram: &[u8], from: SocketAddr, to: Option<IpAddr>) {
+    // A viewer sends nothing larger (STUN, DTLS records, RTCP); this bounds what an inbox holds.
+    if datagram.len() > MAX_DATAGRAM {
+        port.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // A dual-stack socket sees IPv4 peers as ::ffff:a.b.c.d; candidates name them a.b.c.d.
+    let (from, to) = (SocketAddr::new(from.ip().to_canonical(), from.port()), to.map(|ip| ip.to_canonical()));
     let mut routes = port.routes.lock().expect("routes lock");
-    let peer = match stun_request_local_ufrag(datagram) {
-        Some(ufrag) => {
-            let peer = routes.by_ufrag.get(ufrag).copied();
-            if let Some(peer) = peer {
+    let peer = if datagram.first().is_some_and(|b| *b < 4) {
+        // STUN: a signed binding request makes its source address its peer's.
+        let signed = routes.signed_request_peer(datagram).map(|(peer, _)| peer);
+        match signed {
+            Some(peer) => {
                 routes.claim(from, peer);
+                Some(peer)
             }
-            peer
+            None => routes.by_remote.get(&from).copied(),
         }
-        None => routes.by_remote.get(&from).copied(),
+    } else {
+        routes.by_remote.get(&from).copied()
     };
     let inbox = peer.and_then(|peer| inbox_for(&routes.peers.get(&peer)?.datagrams, to));
     let Some(inbox) = inbox else {
@@ -230,16 +244,22 @@ impl AsyncUdpSocket for PeerSocket {
     }
 
     fn poll_send(&self, _cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        // STUN (the two top bits clear) is how a peer starts talking to an address.
-        if transmit.contents.first().is_some_and(|b| b & 0xc0 == 0) {
+        // STUN (a first byte of 0-3, RFC 7983) is how a peer starts talking to an address.
+        if transmit.contents.first().is_some_and(|b| *b < 4) {
             self.port.checking(self.peer, transmit.destination);
         }
         let max_segments = self.port.udp.state.max_gso_segments().min(GSO_SEGMENTS);
         let mut run = self.frame.lock().expect("frame lock");
-        let rtp = rtp_header(transmit.contents).filter(|_| max_segments > 1 && transmit.segment_size.is_none());
+        // The newest sequence number of what webrtc-rs batched itself is its last datagram's.
+        let last = transmit.segment_size.map_or(0, |size| (transmit.contents.len() - 1) / size * size);
+        let rtp = rtp_header(&transmit.contents[last..]);
         // A retransmission answers a NACK: it goes at once, not with the next frame.
-        let in_order = |(_, sequence): &(bool, u16)| run.newest.is_none_or(|n| sequence.wrapping_sub(n) as i16 > 0);
-        let Some((marker, sequence)) = rtp.filter(in_order) else {
+        let in_order = rtp.is_some_and(|(_, sequence)| run.newest.is_none_or(|newest| newer(sequence, newest)));
+        if in_order {
+            run.newest = rtp.map(|(_, sequence)| sequence);
+        }
+        let gathered = rtp.filter(|_| in_order && max_segments > 1 && transmit.segment_size.is_none());
+        let Some((marker, _)) = gathered else {
             self.flush(&mut run);
             return Poll::Ready(self.send(
                 transmit.destination,
@@ -248,7 +268,6 @@ impl AsyncUdpSocket for PeerSocket {
                 transmit.segment_size,
             ));
         };
-        run.newest = Some(sequence);
         if !run.take(transmit.destination, transmit.contents, max_segments) {
             self.flush(&mut run);
             run.take(transmit.destination, transmit.contents, max_segments);
@@ -297,7 +316,7 @@ impl AsyncUdpSocket for PeerSocket {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::binding_request;
+    use super::super::stun::tests::binding_request;
     use super::*;
     use std::time::Duration;
 
@@ -370,9 +389,9 @@ mod tests {
         let ephemeral = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let socket_a = runtime_a.wrap_udp_socket(ephemeral()).unwrap();
         let socket_b = runtime_b.wrap_udp_socket(ephemeral()).unwrap();
-        lease_a.register_ufrag("aaaa").unwrap();
-        lease_b.register_ufrag("bbbb").unwrap();
-        assert!(lease_b.register_ufrag("aaaa").is_err(), "a ufrag routes to one peer");
+        lease_a.register("aaaa", "password a").unwrap();
+        lease_b.register("bbbb", "password b").unwrap();
+        assert!(lease_b.register("aaaa", "password b").is_err(), "a ufrag routes to one peer");
 
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let receive = |socket: Arc<dyn AsyncUdpSocket>| async move {
@@ -383,21 +402,25 @@ mod tests {
                 .unwrap();
             (buf[..len].to_vec(), from)
         };
-        client.send_to(&binding_request("bbbb:client"), shared).await.unwrap();
-        assert_eq!(receive(socket_b.clone()).await, (binding_request("bbbb:client"), client.local_addr().unwrap()));
+        // Unsigned (or signed with another password), a request claims nothing.
+        client.send_to(&binding_request("bbbb:client", "a guess"), shared).await.unwrap();
+        let request = binding_request("bbbb:client", "password b");
+        client.send_to(&request, shared).await.unwrap();
+        assert_eq!(receive(socket_b.clone()).await, (request, client.local_addr().unwrap()));
         client.send_to(b"\x16dtls", shared).await.unwrap();
         assert_eq!(receive(socket_b.clone()).await.0, b"\x16dtls", "then by the address the request came from");
 
-        socket_a.send_to(&binding_request("client:aaaa"), client.local_addr().unwrap()).await.unwrap();
+        socket_a.send_to(&binding_request("client:aaaa", "theirs"), client.local_addr().unwrap()).await.unwrap();
         let mut buf = [0u8; 1500];
         let (_, from) = client.recv_from(&mut buf).await.unwrap();
         assert_eq!(from, shared, "peers send from the shared port");
 
         drop(lease_b);
         client.send_to(b"\x16dtls", shared).await.unwrap();
-        client.send_to(&binding_request("aaaa:client"), shared).await.unwrap();
-        assert_eq!(receive(socket_a).await.0, binding_request("aaaa:client"), "b's address went with b");
-        assert_eq!(port.counters.unroutable.load(Ordering::Relaxed), 1);
+        let request = binding_request("aaaa:client", "password a");
+        client.send_to(&request, shared).await.unwrap();
+        assert_eq!(receive(socket_a).await.0, request, "b's address went with b");
+        assert_eq!(port.counters.unroutable.load(Ordering::Relaxed), 2, "the guess and the orphan");
         assert_eq!(port.peers(), 1);
         shutdown.cancel();
     }
