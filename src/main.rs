@@ -1,5 +1,6 @@
 use anyhow::Context;
 use livegate::config::{Config, LogFormat};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 /// With glibc's allocator RSS grew by ~0.4 MB per WebRTC viewer (webrtc-rs's per-peer driver
@@ -25,7 +26,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(loaded.config.log_format);
-    livegate::run(loaded.config, shutdown_signal()).await.context("livegate stopped with an error")
+    // Handled from now on: a signal that came before the first poll of a lazy handler would kill
+    // the process instead of stopping it cleanly.
+    let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    livegate::run(loaded.config, shutdown_signal(term, interrupt)).await.context("livegate stopped with an error")
 }
 
 fn init_tracing(format: LogFormat) {
@@ -38,11 +43,10 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Completes on SIGTERM (Kubernetes, systemd) or ctrl-c.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+/// Completes on SIGTERM (Kubernetes, systemd) or SIGINT (ctrl-c).
+async fn shutdown_signal(mut term: Signal, mut interrupt: Signal) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = interrupt.recv() => {}
     }
 }
