@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::peer::Viewer;
-use common::{client, Gateway};
+use common::Gateway;
 
 /// Traffic from one UDP port through a link of a tenth of the stream's 2 Mbit/s, with a queue
 /// (10 000 packets) longer than a socket buffer, so that the gateway's sends to it block instead
@@ -73,15 +73,7 @@ async fn a_viewer_on_a_link_too_slow_for_the_stream_is_held_to_its_budget_and_ha
     let before = healthy.wait_for_frames(60, Duration::from_secs(20)).await;
 
     let slow = Viewer::new();
-    let response = client()
-        .post(format!("{}/whep/live", gateway.base))
-        .header("content-type", "application/sdp")
-        .body(slow.offer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let answer = response.text().await.unwrap();
+    let (_, answer) = slow.post_whep_offer(&gateway.base, "live", None).await;
     let _link = SlowLink::from_port(answer_port(&answer));
     slow.accept_answer(&answer);
     gateway.wait_for_viewers("live", 2, Duration::from_secs(10)).await;

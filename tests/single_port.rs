@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::peer::Viewer;
-use common::{client, Gateway};
+use common::Gateway;
 
 const START: Duration = Duration::from_secs(20);
 
@@ -90,15 +90,7 @@ async fn a_viewer_reaches_the_shared_port_through_a_one_to_one_nat() {
     gateway.wait_for_state("live", "playing", START).await;
 
     let viewer = Viewer::new();
-    let response = client()
-        .post(format!("{}/whep/live", gateway.base))
-        .header("content-type", "application/sdp")
-        .body(viewer.offer())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let answer = response.text().await.unwrap();
+    let (_, answer) = viewer.post_whep_offer(&gateway.base, "live", None).await;
     let candidates: Vec<&str> = answer.lines().filter(|l| l.starts_with("a=candidate:")).collect();
     assert!(!candidates.is_empty(), "{answer}");
     for candidate in candidates.iter().filter(|c| !c.ends_with("tcptype active")) {

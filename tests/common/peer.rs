@@ -131,11 +131,18 @@ impl Viewer {
 
     /// Signals over WHEP with a bearer token; returns the session's Location.
     pub async fn connect_whep_with(&self, gateway_url: &str, stream: &str, token: Option<&str>) -> String {
-        let offer = self.offer();
+        let (location, answer) = self.post_whep_offer(gateway_url, stream, token).await;
+        self.accept_answer(&answer);
+        location
+    }
+
+    /// Posts this viewer's offer over WHEP; returns the session's Location and the answer, not
+    /// yet accepted.
+    pub async fn post_whep_offer(&self, gateway_url: &str, stream: &str, token: Option<&str>) -> (String, String) {
         let mut request = super::client()
             .post(format!("{gateway_url}/whep/{stream}"))
             .header("content-type", "application/sdp")
-            .body(offer);
+            .body(self.offer());
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -143,9 +150,7 @@ impl Viewer {
         assert_eq!(response.status(), 201, "WHEP POST: {:?}", response.text().await);
         assert_eq!(response.headers()["content-type"], "application/sdp");
         let location = response.headers()["location"].to_str().unwrap().to_owned();
-        let answer = response.text().await.unwrap();
-        self.accept_answer(&answer);
-        location
+        (location, response.text().await.unwrap())
     }
 
     /// Signals over the WebSocket, all local candidates in the offer; keeps the socket open
