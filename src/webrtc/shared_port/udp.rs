@@ -114,19 +114,13 @@ fn dispatch(port: &SharedPort, datagram: &[u8], from: SocketAddr, to: Option<IpA
     // A dual-stack socket sees IPv4 peers as ::ffff:a.b.c.d; candidates name them a.b.c.d.
     let (from, to) = (SocketAddr::new(from.ip().to_canonical(), from.port()), to.map(|ip| ip.to_canonical()));
     let mut routes = port.routes.lock().expect("routes lock");
-    let peer = if datagram.first().is_some_and(|b| *b < 4) {
-        // STUN: a signed binding request makes its source address its peer's.
-        let signed = routes.signed_request_peer(datagram).map(|(peer, _)| peer);
-        match signed {
-            Some(peer) => {
-                routes.claim(from, peer);
-                Some(peer)
-            }
-            None => routes.by_remote.get(&from).copied(),
-        }
-    } else {
-        routes.by_remote.get(&from).copied()
-    };
+    // STUN: a signed binding request makes its source address its peer's.
+    let is_stun = datagram.first().is_some_and(|b| *b < 4);
+    let signed = is_stun.then(|| routes.signed_request_peer(datagram).map(|(peer, _)| peer)).flatten();
+    if let Some(peer) = signed {
+        routes.claim(from, peer);
+    }
+    let peer = signed.or_else(|| routes.by_remote.get(&from).copied());
     let inbox = peer.and_then(|peer| inbox_for(&routes.peers.get(&peer)?.datagrams, to));
     let Some(inbox) = inbox else {
         port.counters.unroutable.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +176,7 @@ impl Run {
             Some(to) => {
                 to == destination
                     && datagram.len() <= self.segment
-                    && self.buffer.len() % self.segment == 0
+                    && !self.closed()
                     && self.count < max_segments
                     && self.buffer.len() + datagram.len() <= GSO_BYTES
             }
