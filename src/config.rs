@@ -95,6 +95,17 @@ pub struct Settings {
     /// Seconds without a frame before the slate replaces a source, 0.5 to 60 [default: 2].
     #[arg(long, value_name = "SECONDS")]
     pub source_timeout: Option<f64>,
+    /// Sound: auto carries it wherever the source has some, off drops it [default: auto].
+    #[arg(long, value_enum)]
+    pub audio: Option<AudioMode>,
+    /// Microphone for V4L2 cameras: auto (the sound card of the camera's own USB device),
+    /// an ALSA device (hw:1,0, plughw:CARD=C920), or a PulseAudio/PipeWire source name.
+    #[arg(long, value_name = "DEVICE")]
+    pub audio_device: Option<AudioDevice>,
+    /// Video from RTSP and file sources: auto forwards H.264 browsers can decode untouched and
+    /// transcodes the rest, always transcodes, never refuses what it cannot forward [default: auto].
+    #[arg(long, value_enum)]
+    pub transcode: Option<TranscodeMode>,
     /// Draw the latency strip on every source, not only the test source.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub latency_strip: Option<bool>,
@@ -198,7 +209,7 @@ impl Settings {
     /// `self` wins wherever it has a value.
     fn over(self, lower: Settings) -> Settings {
         layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder, source_timeout,
-            latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
+            audio, audio_device, transcode, latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
             webrtc_port, webrtc_tcp_port, webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
             admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
             jwt_audience, jwt_issuer, max_pending_per_ip, signalling_rate, trusted_proxy, cors_origin)
@@ -552,6 +563,81 @@ pub enum EncoderChoice {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
+pub enum AudioMode {
+    /// Sound wherever the source has some.
+    #[default]
+    Auto,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TranscodeMode {
+    /// Forward H.264 that browsers decode; transcode anything else.
+    #[default]
+    Auto,
+    Always,
+    /// Forward H.264 that browsers decode; refuse anything else.
+    Never,
+}
+
+/// Where a V4L2 camera's sound comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AudioDevice {
+    /// The sound card on the camera's own USB device, if it has one.
+    Auto,
+    /// An ALSA PCM: `hw:…`, `plughw:…`, `default`, `sysdefault…`.
+    Alsa(String),
+    /// A PulseAudio (or PipeWire-Pulse) source name.
+    Pulse(String),
+}
+
+pub const ACCEPTED_AUDIO_DEVICES: &str =
+    "auto, an ALSA device (hw:1,0, plughw:CARD=C920, default) or a PulseAudio/PipeWire source name";
+
+impl FromStr for AudioDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let alsa =
+            ["hw:", "plughw:", "sysdefault", "dsnoop:"].iter().any(|prefix| s.starts_with(prefix)) || s == "default";
+        match s {
+            "" => Err(format!("the audio device is empty; accepted: {ACCEPTED_AUDIO_DEVICES}")),
+            "auto" => Ok(AudioDevice::Auto),
+            _ if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') => {
+                Err(format!("{s:?} is not a device name; accepted: {ACCEPTED_AUDIO_DEVICES}"))
+            }
+            _ if alsa => Ok(AudioDevice::Alsa(s.to_owned())),
+            _ => Ok(AudioDevice::Pulse(s.to_owned())),
+        }
+    }
+}
+
+impl TryFrom<String> for AudioDevice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<AudioDevice> for String {
+    fn from(device: AudioDevice) -> String {
+        device.to_string()
+    }
+}
+
+impl fmt::Display for AudioDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AudioDevice::Auto => f.write_str("auto"),
+            AudioDevice::Alsa(name) | AudioDevice::Pulse(name) => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
     Text,
@@ -649,6 +735,9 @@ pub struct Config {
     pub encoder: EncoderChoice,
     pub latency_strip: bool,
     pub source_timeout: std::time::Duration,
+    pub audio: AudioMode,
+    pub audio_device: Option<AudioDevice>,
+    pub transcode: TranscodeMode,
     pub hls_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub web_dir: Option<PathBuf>,
@@ -812,6 +901,9 @@ impl Config {
             encoder: s.encoder.unwrap_or(EncoderChoice::Auto),
             latency_strip: s.latency_strip.unwrap_or(false),
             source_timeout: std::time::Duration::from_secs_f64(source_timeout),
+            audio: s.audio.unwrap_or_default(),
+            audio_device: s.audio_device,
+            transcode: s.transcode.unwrap_or_default(),
             hls_dir: s.hls_dir,
             state_dir: s.state_dir.unwrap_or_else(|| default_state_dir(&env)),
             web_dir: s.web_dir,
@@ -863,6 +955,13 @@ impl fmt::Display for Config {
             self.encoder,
             self.latency_strip,
             self.source_timeout.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "audio = {:?}, audio_device = {}, transcode = {:?}",
+            self.audio,
+            self.audio_device.as_ref().map_or("(none)".into(), ToString::to_string),
+            self.transcode
         )?;
         writeln!(f, "hls_dir = {}", self.hls_dir.as_deref().map_or("(temporary)".into(), |p| p.display().to_string()))?;
         writeln!(f, "state_dir = {}", self.state_dir.display())?;

@@ -229,3 +229,52 @@ mod locate_tests {
         assert_eq!(locate(&sysfs, &dev, &configured, None), None, "a camera never seen has no name to look for");
     }
 }
+
+/// Where Linux lists sound cards.
+pub const SYSFS_SOUND: &str = "/sys/class/sound";
+
+/// The ALSA card number of the sound card on the same USB device as the V4L2 `device` (a
+/// webcam's microphone), if there is one. A USB device's functions are interfaces (`1-1:1.0`
+/// video, `1-1:1.2` audio) under one device folder (`1-1`): both `device` links lead there.
+pub fn sound_card_of(video4linux: &Path, sound: &Path, device: &Path) -> Option<u32> {
+    let usb_device = |interface: PathBuf| std::fs::canonicalize(interface).ok()?.parent().map(Path::to_owned);
+    let camera = usb_device(video4linux.join(device.file_name()?).join("device"))?;
+    let mut cards: Vec<u32> = std::fs::read_dir(sound)
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let number = entry.file_name().into_string().ok()?.strip_prefix("card")?.parse::<u32>().ok()?;
+            (usb_device(entry.path().join("device"))? == camera).then_some(number)
+        })
+        .collect();
+    cards.sort();
+    cards.first().copied()
+}
+
+#[cfg(test)]
+mod sound_card_tests {
+    use super::*;
+
+    #[test]
+    fn the_microphone_is_the_card_on_the_cameras_usb_device() {
+        let root = tempfile::tempdir().unwrap();
+        let devices = root.path().join("devices/usb1");
+        for interface in ["1-1/1-1:1.0", "1-1/1-1:1.2", "1-2/1-2:1.0"] {
+            std::fs::create_dir_all(devices.join(interface)).unwrap();
+        }
+        let (v4l, sound) = (root.path().join("video4linux"), root.path().join("sound"));
+        for (link, target) in [
+            (v4l.join("video0"), "1-1/1-1:1.0"),
+            (v4l.join("video2"), "1-2/1-2:1.0"),
+            (sound.join("card0"), "1-2/1-2:1.0"),
+            (sound.join("card3"), "1-1/1-1:1.2"),
+        ] {
+            std::fs::create_dir_all(&link).unwrap();
+            std::os::unix::fs::symlink(devices.join(target), link.join("device")).unwrap();
+        }
+        std::fs::create_dir_all(sound.join("timer")).unwrap();
+        assert_eq!(sound_card_of(&v4l, &sound, Path::new("/dev/video0")), Some(3));
+        assert_eq!(sound_card_of(&v4l, &sound, Path::new("/dev/video2")), Some(0));
+        assert_eq!(sound_card_of(&v4l, &sound, Path::new("/dev/video9")), None, "no such camera");
+    }
+}

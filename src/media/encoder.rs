@@ -6,7 +6,9 @@ use gstreamer::prelude::*;
 use super::MediaError;
 use crate::config::{EncoderChoice, VideoSettings};
 
-/// Caps every encoder must produce: what browsers decode in hardware and what we advertise.
+/// The profile every encoder must produce: what browsers decode in hardware and what we advertise.
+pub const H264_PROFILE: &str = "constrained-baseline";
+/// Caps every encoder must produce.
 pub const H264_CAPS: &str = "video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au";
 
 /// Hardware encoders tried by `auto`, best first, then the software fallback.

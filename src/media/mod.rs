@@ -15,6 +15,7 @@ pub mod camera;
 pub mod capture;
 pub mod encoder;
 pub mod hls;
+pub mod passthrough;
 pub mod pipeline;
 pub mod signal;
 pub mod slate;
@@ -22,7 +23,7 @@ pub mod source;
 pub mod strip;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,9 +37,10 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EncoderChoice, Source, StreamSpec, VideoSettings};
-use capture::Capture;
-use pipeline::{PipelineSettings, StreamPipeline};
+use crate::config::{AudioDevice, AudioMode, EncoderChoice, Source, StreamSpec, TranscodeMode, VideoSettings};
+use capture::{Capture, CaptureOptions, Captured, Layout, VideoIn};
+use passthrough::H264Profile;
+use pipeline::{PipelineSettings, Plan, StreamPipeline, VideoPlan};
 use signal::{Change, SignalMonitor};
 use slate::Slate;
 
@@ -95,8 +97,9 @@ const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the supervisor looks for a stalled source.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
-/// Raw frames between the capture's streaming thread and the supervisor.
-const FRAME_CHANNEL: usize = 4;
+/// Frames and sound between the capture's streaming threads and the supervisor: a few frames
+/// and their sound (10–20 ms audio buffers).
+const FRAME_CHANNEL: usize = 32;
 
 /// Lets an action happen at most once per interval, and never loses a request: one that comes
 /// too soon is put off to the end of the interval (once, however many come).
@@ -157,7 +160,8 @@ pub struct StreamCounters {
     pub keyframes_forced: AtomicU64,
     pub frames_from_source: AtomicU64,
     pub frames_from_slate: AtomicU64,
-    /// Frames out of the encoder, as RTP (the packets that end a frame carry the marker bit).
+    /// Frames out of the encoding part (encoded or forwarded), as RTP (the packets that end a
+    /// frame carry the marker bit).
     pub frames_encoded: AtomicU64,
     pub hls_segments: AtomicU64,
 }
@@ -174,7 +178,15 @@ pub struct MediaStream {
     pub hls_dir: PathBuf,
     status: Mutex<Status>,
     packets: broadcast::Sender<rtp::Packet>,
+    audio_packets: broadcast::Sender<rtp::Packet>,
     running: Mutex<Option<Arc<StreamPipeline>>>,
+    /// What the encoding part carries now, kept while it is rebuilt.
+    plan: Mutex<Plan>,
+    /// The source has had sound: the stream keeps an audio track (silent if need be) from then
+    /// on, so viewers' negotiated tracks and the HLS layout stay valid.
+    had_audio: AtomicBool,
+    /// The camera's H.264 has B-frames, which WebRTC cannot carry: it is transcoded from then on.
+    has_b_frames: AtomicBool,
     /// The name a V4L2 camera reported, to find it again if it comes back as another device.
     camera_name: Mutex<Option<String>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
@@ -192,7 +204,11 @@ impl MediaStream {
             hls_dir: hls_root.join(&spec.name),
             status: Mutex::new(Status { state: StreamState::Starting, reason: None, since: unix_now_s() }),
             packets: broadcast::channel(PACKET_BUFFER).0,
+            audio_packets: broadcast::channel(PACKET_BUFFER).0,
             running: Mutex::new(None),
+            plan: Mutex::new(Plan { video: VideoPlan::Encode, audio: false }),
+            had_audio: AtomicBool::new(false),
+            has_b_frames: AtomicBool::new(false),
             camera_name: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
             playlist: Mutex::new(hls::Playlist::new(
@@ -220,10 +236,35 @@ impl MediaStream {
         self.packets.subscribe()
     }
 
+    /// Opus RTP packets from now on (silence while the source has none).
+    pub fn subscribe_audio(&self) -> broadcast::Receiver<rtp::Packet> {
+        self.audio_packets.subscribe()
+    }
+
+    /// What the stream carries now.
+    pub fn output(&self) -> Output {
+        let plan = self.plan.lock().expect("plan lock").clone();
+        let video = match plan.video {
+            VideoPlan::Encode => VideoOutput {
+                codec: "h264",
+                profile: encoder::H264_PROFILE.into(),
+                profile_level_id: None,
+                transcoded: true,
+            },
+            VideoPlan::Forward(H264Profile { profile, profile_level_id }) => {
+                VideoOutput { codec: "h264", profile, profile_level_id: Some(profile_level_id), transcoded: false }
+            }
+        };
+        Output { video, audio: plan.audio.then_some(AudioOutput { webrtc: "opus", hls: "aac" }) }
+    }
+
     /// Forces a keyframe now, or at the end of the current one-second window if one was
     /// already forced in it.
     pub fn request_keyframe(&self) {
         let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return };
+        if pipeline.plan.video != VideoPlan::Encode {
+            return;
+        }
         let grant = self.keyframe_limiter.lock().expect("keyframe lock").request(Instant::now());
         match grant {
             Grant::Now => {
@@ -249,16 +290,25 @@ impl MediaStream {
 
     /// Parsed here, once for every viewer.
     fn on_packet(&self, mut raw: Bytes) {
-        match rtp::Packet::unmarshal(&mut raw) {
-            // No receivers is not an error: nobody is watching over WebRTC.
-            Ok(packet) => {
-                if packet.header.marker {
-                    count(&self.counters.frames_encoded);
-                }
-                let _ = self.packets.send(packet);
+        if let Some(packet) = self.parse_rtp(&mut raw) {
+            if packet.header.marker {
+                count(&self.counters.frames_encoded);
             }
-            Err(err) => tracing::warn!(stream = %self.name, error = %err, "malformed RTP packet from the pipeline"),
+            // No receivers is not an error: nobody is watching over WebRTC.
+            let _ = self.packets.send(packet);
         }
+    }
+
+    fn on_audio_packet(&self, mut raw: Bytes) {
+        if let Some(packet) = self.parse_rtp(&mut raw) {
+            let _ = self.audio_packets.send(packet);
+        }
+    }
+
+    fn parse_rtp(&self, raw: &mut Bytes) -> Option<rtp::Packet> {
+        rtp::Packet::unmarshal(raw)
+            .map_err(|err| tracing::warn!(stream = %self.name, error = %err, "malformed RTP packet from the pipeline"))
+            .ok()
     }
 
     /// Runs the stream until `shutdown`: the encoding part for good (rebuilt only if it fails),
@@ -268,14 +318,9 @@ impl MediaStream {
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let started = Instant::now();
-            let outcome = match self.clone().start_encoder(options.encoder).await {
-                Ok(encoder) => {
-                    *self.running.lock().expect("pipeline lock") = Some(encoder.clone());
-                    let fed = self.feed(&encoder, &options, &shutdown).await;
-                    *self.running.lock().expect("pipeline lock") = None;
-                    stop_off_runtime(encoder).await;
-                    fed
-                }
+            let plan = Plan { video: VideoPlan::Encode, audio: self.had_audio.load(Ordering::Relaxed) };
+            let outcome = match self.clone().start_encoder(options.encoder, plan).await {
+                Ok(encoder) => self.feed(encoder, &options, &shutdown).await,
                 Err(err) => Err(err),
             };
             let err = match outcome {
@@ -323,31 +368,67 @@ impl MediaStream {
         }
     }
 
-    /// Builds and starts the encoding part, off the async runtime.
-    async fn start_encoder(self: Arc<Self>, encoder: EncoderChoice) -> Result<Arc<StreamPipeline>, MediaError> {
+    /// Builds and starts the encoding part, off the async runtime, and makes it the running one.
+    async fn start_encoder(
+        self: Arc<Self>,
+        encoder: EncoderChoice,
+        plan: Plan,
+    ) -> Result<Arc<StreamPipeline>, MediaError> {
         std::fs::create_dir_all(&self.hls_dir)
             .map_err(|source| MediaError::HlsDir { path: self.hls_dir.clone(), source })?;
         self.playlist.lock().expect("playlist lock").new_encoder();
         let this = self.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let settings = PipelineSettings { video: &this.video, encoder, hls_dir: &this.hls_dir };
-            let sink = this.clone();
-            let pipeline = StreamPipeline::build(&this.name, &settings, move |p| sink.on_packet(p))?;
+            let settings = PipelineSettings { video: &this.video, encoder, hls_dir: &this.hls_dir, plan: &plan };
+            let (video, audio) = (this.clone(), this.clone());
+            let pipeline = StreamPipeline::build(
+                &this.name,
+                &settings,
+                move |p| video.on_packet(p),
+                move |p| audio.on_audio_packet(p),
+            )?;
             pipeline.play()?;
             Ok::<_, MediaError>(pipeline)
         })
         .await
         .map_err(|err| MediaError::Runtime { stream: self.name.clone(), reason: err.to_string() })??;
-        tracing::info!(stream = %self.name, "encoder started");
-        Ok(Arc::new(built))
+        let built = Arc::new(built);
+        tracing::info!(stream = %self.name, video = ?built.plan.video, audio = built.plan.audio, "encoding part started");
+        *self.plan.lock().expect("plan lock") = built.plan.clone();
+        *self.running.lock().expect("pipeline lock") = Some(built.clone());
+        Ok(built)
     }
 
-    /// Feeds the encoder until `shutdown` (`Ok`) or until the encoder fails (`Err`): frames from
-    /// the source while it delivers, the slate while it does not, rebuilding the source in the
-    /// background.
+    /// Replaces the encoding part with one that carries `plan`.
+    async fn rebuild_encoder(
+        self: &Arc<Self>,
+        encoder: &mut Arc<StreamPipeline>,
+        options: &StreamOptions,
+        plan: Plan,
+    ) -> Result<(), MediaError> {
+        tracing::info!(stream = %self.name, from = ?encoder.plan, to = ?plan, "rebuilding the encoding part");
+        *self.running.lock().expect("pipeline lock") = None;
+        stop_off_runtime(encoder.clone()).await;
+        *encoder = self.clone().start_encoder(options.encoder, plan).await?;
+        Ok(())
+    }
+
+    /// What the encoding part should carry: the camera's own H.264 while it delivers some we
+    /// may forward, else our encoder's; sound once the source has had some.
+    fn wanted_plan(&self, live: bool, layout: &Layout) -> Plan {
+        let video = match &layout.video {
+            Some(VideoIn::H264(profile)) if live => VideoPlan::Forward(profile.clone()),
+            _ => VideoPlan::Encode,
+        };
+        Plan { video, audio: self.had_audio.load(Ordering::Relaxed) }
+    }
+
+    /// Feeds the encoding part until `shutdown` (`Ok`) or until it fails (`Err`): the source
+    /// while it delivers, the slate while it does not, rebuilding the source in the background;
+    /// the encoding part is rebuilt when what it must carry changes. Stops it at the end.
     async fn feed(
-        &self,
-        encoder: &StreamPipeline,
+        self: &Arc<Self>,
+        mut encoder: Arc<StreamPipeline>,
         options: &StreamOptions,
         shutdown: &CancellationToken,
     ) -> Result<(), MediaError> {
@@ -357,29 +438,52 @@ impl MediaStream {
         let slate_info = video_info(&self.video);
         let mut slate_tick = tokio::time::interval(Duration::from_secs(1) / self.video.fps);
         let mut check_tick = tokio::time::interval(SIGNAL_CHECK);
-        // Frames and bus messages carry the generation of the capture that sent them, so
-        // leftovers of a torn-down capture are ignored.
-        let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<(u64, gst::Buffer)>(FRAME_CHANNEL);
-        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<(u64, Result<(), String>)>();
+        // What captures send carries the generation of the capture that sent it, so leftovers
+        // of a torn-down capture are ignored.
+        let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<(u64, Captured)>(FRAME_CHANNEL);
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<(u64, CaptureEvent)>();
         let mut generation = 0u64;
         let mut capture: Option<(Capture, Instant)> = None;
+        let mut layout = Layout::default();
+        let mut last_h264_pts = None;
         let mut next_attempt = Some(tokio::time::Instant::now());
         let mut slow_attempts = 0u32;
-        loop {
+        let outcome = loop {
+            let wanted = self.wanted_plan(monitor.signal() == &signal::Signal::Live, &layout);
+            if wanted != encoder.plan {
+                if let Err(err) = self.rebuild_encoder(&mut encoder, options, wanted).await {
+                    break Err(err);
+                }
+                encoder_bus = encoder.bus().stream();
+            }
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break Ok(()),
                 Some(message) = encoder_bus.next() => {
                     if let Some(err) = bus_error(&message) {
-                        stop_capture(capture.take()).await;
-                        return Err(MediaError::Runtime { stream: self.name.clone(), reason: err });
+                        break Err(MediaError::Runtime { stream: self.name.clone(), reason: err });
                     }
                     if pipeline::closes_hls_segment(&message) {
                         count(&self.counters.hls_segments);
                         self.publish_hls().await;
                     }
                 }
-                Some((from, frame)) = frames.recv() => {
+                Some((from, captured)) = frames.recv() => {
                     if from != generation {
+                        continue;
+                    }
+                    let (frame, forwarded) = match captured {
+                        Captured::Audio(samples) => {
+                            encoder.push_audio(samples);
+                            continue;
+                        }
+                        Captured::Raw(frame) => (frame, false),
+                        Captured::H264(frame) => (frame, true),
+                        Captured::Layout(_) => continue,
+                    };
+                    if forwarded && self.b_frames(&frame, &mut last_h264_pts, options) {
+                        generation += 1;
+                        stop_capture(capture.take()).await;
+                        next_attempt = Some(tokio::time::Instant::now());
                         continue;
                     }
                     let was_live = monitor.signal() == &signal::Signal::Live;
@@ -392,12 +496,38 @@ impl MediaStream {
                         self.set_status(StreamState::Playing, None);
                     }
                     count(&self.counters.frames_from_source);
-                    encoder.push(frame);
+                    // The first frame of a camera to forward brings its encoding part: keep it,
+                    // it may be the keyframe to start from.
+                    let wanted = self.wanted_plan(true, &layout);
+                    if wanted != encoder.plan {
+                        if let Err(err) = self.rebuild_encoder(&mut encoder, options, wanted).await {
+                            break Err(err);
+                        }
+                        encoder_bus = encoder.bus().stream();
+                    }
+                    if forwarded == matches!(encoder.plan.video, VideoPlan::Forward(_)) {
+                        encoder.push_video(frame);
+                    }
                 }
-                Some((from, outcome)) = ended.recv() => {
+                Some((from, event)) = events.recv() => {
                     if from != generation {
                         continue;
                     }
+                    let outcome = match event {
+                        CaptureEvent::Layout(found) => {
+                            if found.audio && !self.had_audio.swap(true, Ordering::Relaxed) {
+                                tracing::info!(stream = %self.name, "the source has sound");
+                            }
+                            layout = found;
+                            continue;
+                        }
+                        CaptureEvent::Lost => {
+                            tracing::debug!(stream = %self.name, "forwarded video lost a frame; resuming at the next keyframe");
+                            encoder.resume_at_keyframe();
+                            continue;
+                        }
+                        CaptureEvent::Ended(outcome) => outcome,
+                    };
                     // Frames it queued before it ended are stale now: a new generation ignores them.
                     generation += 1;
                     stop_capture(capture.take()).await;
@@ -416,7 +546,8 @@ impl MediaStream {
                 _ = sleep_until(next_attempt), if capture.is_none() => {
                     next_attempt = None;
                     generation += 1;
-                    match self.start_capture(options, generation, frames_tx.clone(), ended_tx.clone()).await {
+                    last_h264_pts = None;
+                    match self.start_capture(options, generation, frames_tx.clone(), events_tx.clone()).await {
                         Ok(started) => {
                             tracing::debug!(stream = %self.name, generation, "source started");
                             capture = Some((started, Instant::now()));
@@ -427,10 +558,10 @@ impl MediaStream {
                         }
                     }
                 }
-                _ = slate_tick.tick(), if monitor.wants_slate() => {
+                _ = slate_tick.tick(), if monitor.wants_slate() && encoder.plan.video == VideoPlan::Encode => {
                     let frame = slate.frame(monitor.lost_for(Instant::now()), strip::unix_now_ms());
                     count(&self.counters.frames_from_slate);
-                    encoder.push(i420_buffer(&slate_info, &frame));
+                    encoder.push_video(i420_buffer(&slate_info, &frame));
                 }
                 _ = check_tick.tick() => {
                     let now = Instant::now();
@@ -447,9 +578,33 @@ impl MediaStream {
                     }
                 }
             }
-        }
+        };
         stop_capture(capture.take()).await;
-        Ok(())
+        *self.running.lock().expect("pipeline lock") = None;
+        stop_off_runtime(encoder).await;
+        outcome
+    }
+
+    /// Whether forwarded H.264 shows B-frames (presentation times going back), which WebRTC
+    /// cannot carry. With `--transcode auto` the stream is transcoded from then on (the caller
+    /// rebuilds the source); with `never` it is refused.
+    fn b_frames(&self, frame: &gst::Buffer, last_pts: &mut Option<gst::ClockTime>, options: &StreamOptions) -> bool {
+        let Some(pts) = frame.pts() else { return false };
+        let reordered = last_pts.is_some_and(|last| pts < last);
+        *last_pts = Some(pts);
+        if !reordered || self.has_b_frames.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        match options.transcode {
+            TranscodeMode::Never => tracing::error!(
+                stream = %self.name,
+                "the camera's H.264 has B-frames, which WebRTC cannot carry, and --transcode never forbids re-encoding it"
+            ),
+            _ => {
+                tracing::warn!(stream = %self.name, "the camera's H.264 has B-frames, which WebRTC cannot carry: transcoding it")
+            }
+        }
+        true
     }
 
     /// Logs a transition once and shows it in the status.
@@ -474,19 +629,46 @@ impl MediaStream {
         tokio::time::Instant::now() + delay
     }
 
-    /// Builds the capture part off the async runtime, wiring its frames and its end.
+    /// Builds the capture part off the async runtime, wiring what it delivers and its end.
     async fn start_capture(
         &self,
         options: &StreamOptions,
         generation: u64,
-        frames: tokio::sync::mpsc::Sender<(u64, gst::Buffer)>,
-        ended: tokio::sync::mpsc::UnboundedSender<(u64, Result<(), String>)>,
+        frames: tokio::sync::mpsc::Sender<(u64, Captured)>,
+        events: tokio::sync::mpsc::UnboundedSender<(u64, CaptureEvent)>,
     ) -> Result<Capture, MediaError> {
-        let (name, source, video, strip) = (self.name.clone(), self.locate_source(), self.video, options.latency_strip);
+        let b_frames = self.has_b_frames.load(Ordering::Relaxed);
+        let transcode = match options.transcode {
+            // Refused: the error says why.
+            TranscodeMode::Never if b_frames => {
+                return Err(MediaError::Source {
+                    stream: self.name.clone(),
+                    reason: "its H.264 has B-frames, which WebRTC cannot carry; --transcode never forbids re-encoding it (use --transcode auto)".into(),
+                })
+            }
+            _ if b_frames => TranscodeMode::Always,
+            chosen => chosen,
+        };
+        let capture_options = CaptureOptions {
+            video: self.video,
+            latency_strip: options.latency_strip,
+            audio: options.audio == AudioMode::Auto,
+            audio_device: options.audio_device.clone(),
+            transcode,
+        };
+        let (name, source, capture_events) = (self.name.clone(), self.locate_source(), events.clone());
         let capture = tokio::task::spawn_blocking(move || {
-            Capture::start(&name, &source, &video, strip, move |frame| {
-                // The supervisor keeps up at frame rate; if it ever does not, drop, never block.
-                let _ = frames.try_send((generation, frame));
+            Capture::start(&name, &source, &capture_options, move |captured| match captured {
+                Captured::Layout(layout) => {
+                    let _ = capture_events.send((generation, CaptureEvent::Layout(layout)));
+                }
+                captured => {
+                    let forwarded = matches!(captured, Captured::H264(_));
+                    // The supervisor keeps up at frame rate; if it ever does not, drop, never block.
+                    if frames.try_send((generation, captured)).is_err() && forwarded {
+                        let _ = capture_events.send((generation, CaptureEvent::Lost));
+                    }
+                }
             })
         })
         .await
@@ -501,12 +683,22 @@ impl MediaStream {
                         None => continue,
                     },
                 };
-                let _ = ended.send((generation, outcome));
+                let _ = events.send((generation, CaptureEvent::Ended(outcome)));
                 return;
             }
         });
         Ok(capture)
     }
+}
+
+/// What a capture reports besides its media.
+#[derive(Debug)]
+enum CaptureEvent {
+    Layout(Layout),
+    /// A forwarded frame was dropped on its way to the encoding part.
+    Lost,
+    /// It ended (a file's end, `Ok`) or failed.
+    Ended(Result<(), String>),
 }
 
 impl MediaStream {
@@ -606,12 +798,38 @@ fn i420_buffer(info: &gstreamer_video::VideoInfo, packed: &[u8]) -> gst::Buffer 
 }
 
 /// What every stream is run with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamOptions {
     pub encoder: EncoderChoice,
     pub latency_strip: bool,
     /// No frame for this long and the slate takes over.
     pub source_timeout: Duration,
+    pub audio: AudioMode,
+    pub audio_device: Option<AudioDevice>,
+    pub transcode: TranscodeMode,
+}
+
+/// What a stream carries, for `/api/streams` and WebRTC negotiation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Output {
+    pub video: VideoOutput,
+    pub audio: Option<AudioOutput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VideoOutput {
+    pub codec: &'static str,
+    pub profile: String,
+    /// The camera's own, when forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_level_id: Option<String>,
+    pub transcoded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AudioOutput {
+    pub webrtc: &'static str,
+    pub hls: &'static str,
 }
 
 /// All streams, and the HLS folder they write into.
@@ -656,8 +874,10 @@ impl Media {
         tracing::info!(hls_dir = %hls_root.display(), temporary = temporary.is_some(), "HLS output folder");
 
         let streams: Vec<_> = specs.iter().map(|spec| Arc::new(MediaStream::new(spec, video, &hls_root))).collect();
-        let tasks =
-            streams.iter().map(|stream| tokio::spawn(stream.clone().supervise(options, shutdown.clone()))).collect();
+        let tasks = streams
+            .iter()
+            .map(|stream| tokio::spawn(stream.clone().supervise(options.clone(), shutdown.clone())))
+            .collect();
         Ok(Media { streams, hls_root, _temporary_hls: temporary, tasks: Mutex::new(tasks) })
     }
 

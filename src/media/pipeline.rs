@@ -1,7 +1,10 @@
-//! One stream's encoding part, which runs for the life of the stream: raw frames (from the
-//! source or the slate) → encoder → tee → (HLS | RTP packets).
+//! One stream's encoding part: raw frames (from the source or the slate) → encoder, or camera
+//! H.264 forwarded as it is → tee → (HLS | RTP packets); and sound (the source's, or silence
+//! while it has none) → (Opus RTP packets | AAC into the same HLS segments). It is rebuilt only
+//! when what it carries changes (forwarding ↔ encoding, sound appearing) or when it fails.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use gstreamer as gst;
@@ -9,11 +12,22 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::{encoder, strip, MediaError};
+use super::passthrough::H264Profile;
+use super::{encoder, source, strip, MediaError};
 use crate::config::{EncoderChoice, VideoSettings};
 
 /// RTP payload type the payloader writes; each viewer's is rewritten to what it negotiated.
 pub const RTP_PAYLOAD_TYPE: u32 = 96;
+pub const OPUS_PAYLOAD_TYPE: u32 = 111;
+const VIDEO_CLOCK_RATE: u64 = 90_000;
+/// Opus over RTP always counts 48 kHz (RFC 7587).
+const OPUS_CLOCK_RATE: u64 = 48_000;
+const OPUS_BITRATE: i32 = 64_000;
+/// What the Opus encoder's in-band FEC is tuned for.
+const OPUS_EXPECTED_LOSS_PERCENT: i32 = 5;
+const AAC_BITRATE: i32 = 128_000;
+/// Audio buffers of silence while the source sends none: 10 ms.
+const SILENCE_SAMPLES: i32 = 480;
 /// Fits any path MTU a browser will meet, with room for SRTP and header extensions.
 pub const RTP_MTU: u32 = 1200;
 /// The playlist players read, written by `hls::Playlist`.
@@ -24,21 +38,42 @@ pub const HLS_SEGMENT_SECONDS: u32 = 1;
 /// Segments listed in the playlist, and kept on disk (twice as many, for slow players).
 pub const HLS_PLAYLIST_LENGTH: usize = 6;
 pub const HLS_FILES_KEPT: usize = 12;
-/// RTP packets the appsink holds if the fan-out falls behind (~1 s at 2 Mbit/s).
+/// RTP packets an appsink holds if the fan-out falls behind (~1 s at 2 Mbit/s).
 const RTP_SINK_BUFFERS: u32 = 256;
+
+/// What an encoding part carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub video: VideoPlan,
+    pub audio: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoPlan {
+    /// Raw frames (the source's or the slate's) through our encoder.
+    Encode,
+    /// The camera's own H.264, parsed and forwarded.
+    Forward(H264Profile),
+}
 
 /// Everything the encoding part needs.
 pub struct PipelineSettings<'a> {
     pub video: &'a VideoSettings,
     pub encoder: EncoderChoice,
     pub hls_dir: &'a Path,
+    pub plan: &'a Plan,
 }
 
 /// A built encoding pipeline; dropping it stops it.
 pub struct StreamPipeline {
     pipeline: gst::Pipeline,
-    frames: gst_app::AppSrc,
-    encoder: gst::Element,
+    video_in: gst_app::AppSrc,
+    /// None when forwarding: a camera's stream cannot be asked for a keyframe.
+    encoder: Option<gst::Element>,
+    audio_in: Option<gst_app::AppSrc>,
+    /// Forwarded H.264 is dropped until its first keyframe, which a decoder can start from.
+    awaiting_keyframe: AtomicBool,
+    pub plan: Plan,
 }
 
 pub fn make(factory: &'static str, name: &str) -> Result<gst::Element, MediaError> {
@@ -46,8 +81,8 @@ pub fn make(factory: &'static str, name: &str) -> Result<gst::Element, MediaErro
         factory,
         package: match factory {
             "x264enc" => "gstreamer1.0-plugins-ugly",
-            "hlssink2" | "h264parse" => "gstreamer1.0-plugins-bad",
-            "rtph264pay" => "gstreamer1.0-plugins-good",
+            "hlssink2" | "h264parse" | "voaacenc" => "gstreamer1.0-plugins-bad",
+            "rtph264pay" | "rtpopuspay" => "gstreamer1.0-plugins-good",
             _ => "gstreamer1.0-plugins-base",
         },
     })
@@ -107,30 +142,49 @@ pub fn raw_caps(video: &VideoSettings) -> gst::Caps {
 }
 
 impl StreamPipeline {
-    /// Builds the encoding part; `on_packet` receives every RTP packet on a streaming thread.
+    /// Builds the encoding part; `on_video` and `on_audio` receive every RTP packet on streaming
+    /// threads.
     pub fn build(
         stream: &str,
         settings: &PipelineSettings<'_>,
-        on_packet: impl Fn(Bytes) + Send + Sync + 'static,
+        on_video: impl Fn(Bytes) + Send + Sync + 'static,
+        on_audio: impl Fn(Bytes) + Send + Sync + 'static,
     ) -> Result<StreamPipeline, MediaError> {
         let video = settings.video;
         let pipeline = gst::Pipeline::with_name(stream);
-        pipeline.use_clock(Some(&realtime_clock()));
+        let clock = realtime_clock();
+        pipeline.use_clock(Some(&clock));
+        // Running time starts at a known wall-clock moment, so RTP timestamps can count wall
+        // time: a rebuilt pipeline's packets continue the timeline viewers already follow.
+        let base_time = clock.time();
+        pipeline.set_start_time(gst::ClockTime::NONE);
+        pipeline.set_base_time(base_time);
+        let link_error =
+            |err: gst::glib::BoolError| MediaError::Link { stream: stream.into(), reason: err.to_string() };
+        let link = |elements: &[&gst::Element]| gst::Element::link_many(elements).map_err(link_error);
 
         // Live, stamped on arrival: frames from the camera and from the slate share one
-        // continuous timeline, so HLS never sees a jump. Two frames of slack, oldest dropped.
-        let frames = gst_app::AppSrc::builder()
-            .name("frames")
-            .caps(&raw_caps(video))
-            .is_live(true)
-            .format(gst::Format::Time)
-            .do_timestamp(true)
-            .max_buffers(2)
-            .leaky_type(gst_app::AppLeakyType::Downstream)
-            .build();
-        let encoder = encoder::make(settings.encoder, video)?;
-        let h264_caps = make("capsfilter", "h264caps")?;
-        h264_caps.set_property("caps", encoder::H264_CAPS.parse::<gst::Caps>().expect("valid caps"));
+        // continuous timeline, so HLS never sees a jump.
+        let (video_in, encoder) = match &settings.plan.video {
+            VideoPlan::Encode => {
+                // Two frames of slack, oldest dropped.
+                let frames = live_appsrc("frames", &raw_caps(video), 2);
+                let encoder = encoder::make(settings.encoder, video)?;
+                let h264_caps = make("capsfilter", "h264caps")?;
+                h264_caps.set_property("caps", encoder::H264_CAPS.parse::<gst::Caps>().expect("valid caps"));
+                pipeline.add_many([frames.upcast_ref(), &encoder, &h264_caps]).map_err(link_error)?;
+                link(&[frames.upcast_ref(), &encoder, &h264_caps])?;
+                (frames, Some((encoder, h264_caps)))
+            }
+            // A second of frames: dropping one would break decoding until the next keyframe.
+            VideoPlan::Forward(_) => {
+                let caps =
+                    "video/x-h264,stream-format=byte-stream,alignment=au".parse::<gst::Caps>().expect("valid caps");
+                let units = live_appsrc("h264", &caps, 30);
+                pipeline.add(&units).map_err(link_error)?;
+                (units, None)
+            }
+        };
         let parse = make("h264parse", "parse")?;
         parse.set_property("config-interval", -1i32);
         let tee = make("tee", "tee")?;
@@ -140,6 +194,7 @@ impl StreamPipeline {
         let started = strip::unix_now_ms();
         hls.set_property("location", settings.hls_dir.join(format!("segment-{started}-%05d.ts")).to_str());
         hls.set_property("playlist-location", settings.hls_dir.join(HLSSINK2_PLAYLIST).to_str());
+        // A camera's segments end at its own keyframes: at least this long, as long as its GOP.
         hls.set_property("target-duration", HLS_SEGMENT_SECONDS);
         hls.set_property("playlist-length", HLS_PLAYLIST_LENGTH as u32);
         // Files are deleted as they leave the public playlist, which outlives this pipeline.
@@ -154,27 +209,27 @@ impl StreamPipeline {
         pay.set_property("config-interval", -1i32);
         pay.set_property("pt", RTP_PAYLOAD_TYPE);
         pay.set_property("mtu", RTP_MTU);
+        pay.set_property("timestamp-offset", wall_clock_rtp_time(base_time, VIDEO_CLOCK_RATE));
         // Send each NAL as soon as it is out of the encoder instead of waiting to aggregate.
         pay.set_property_from_str("aggregate-mode", "zero-latency");
-        let appsink = appsink("rtp", RTP_SINK_BUFFERS, move |buffer| {
-            if let Ok(map) = buffer.map_readable() {
-                on_packet(Bytes::copy_from_slice(&map));
-            }
-        });
+        let rtp_sink = packet_sink("rtp", on_video);
 
-        let chain = [frames.upcast_ref(), &encoder, &h264_caps, &parse, &tee];
-        pipeline
-            .add_many(chain)
-            .and_then(|_| pipeline.add_many([&hls_queue, &hls, &rtp_queue, &pay, appsink.upcast_ref()]))
-            .map_err(|err| MediaError::Link { stream: stream.into(), reason: err.to_string() })?;
-        let link = |elements: &[&gst::Element]| {
-            gst::Element::link_many(elements)
-                .map_err(|err| MediaError::Link { stream: stream.into(), reason: err.to_string() })
-        };
-        link(&chain)?;
+        pipeline.add_many([&parse, &tee, &hls_queue, &hls, &rtp_queue, &pay, &rtp_sink]).map_err(link_error)?;
+        let last = encoder.as_ref().map_or(video_in.upcast_ref(), |(_, caps)| caps);
+        link(&[last, &parse, &tee])?;
         link(&[&tee, &hls_queue, &hls])?;
-        link(&[&tee, &rtp_queue, &pay, appsink.upcast_ref()])?;
-        Ok(StreamPipeline { pipeline, frames, encoder })
+        link(&[&tee, &rtp_queue, &pay, &rtp_sink])?;
+
+        let audio_in =
+            if settings.plan.audio { Some(add_audio(stream, &pipeline, &hls, base_time, on_audio)?) } else { None };
+        Ok(StreamPipeline {
+            pipeline,
+            video_in,
+            encoder: encoder.map(|(encoder, _)| encoder),
+            audio_in,
+            awaiting_keyframe: AtomicBool::new(true),
+            plan: settings.plan.clone(),
+        })
     }
 
     pub fn play(&self) -> Result<(), MediaError> {
@@ -188,22 +243,157 @@ impl StreamPipeline {
         self.pipeline.bus().expect("a pipeline has a bus")
     }
 
-    /// Hands the encoder one raw frame; its timestamp is set on arrival. Never blocks: if the
-    /// encoder falls behind, the oldest waiting frame is dropped.
-    pub fn push(&self, mut frame: gst::Buffer) {
-        let buffer = frame.make_mut();
-        buffer.set_pts(gst::ClockTime::NONE);
-        buffer.set_dts(gst::ClockTime::NONE);
-        let _ = self.frames.push_buffer(frame);
+    /// Hands the encoder one raw frame, or forwards one H.264 access unit (from its first
+    /// keyframe on); its timestamp is set on arrival. Never blocks: if the pipeline falls behind,
+    /// the oldest waiting frame is dropped.
+    pub fn push_video(&self, frame: gst::Buffer) {
+        if self.encoder.is_none() {
+            let keyframe = !frame.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            if keyframe {
+                self.awaiting_keyframe.store(false, Ordering::Relaxed);
+            } else if self.awaiting_keyframe.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        let _ = self.video_in.push_buffer(restamped(frame));
+    }
+
+    /// Forwarded H.264 lost a frame on its way here: wait for the camera's next keyframe.
+    pub fn resume_at_keyframe(&self) {
+        self.awaiting_keyframe.store(true, Ordering::Relaxed);
+    }
+
+    /// Raw sound (`source::AUDIO_CAPS`), stamped on arrival like the video.
+    pub fn push_audio(&self, samples: gst::Buffer) {
+        if let Some(audio_in) = &self.audio_in {
+            let _ = audio_in.push_buffer(restamped(samples));
+        }
     }
 
     /// Asks the encoder for a keyframe as soon as it can. h264parse already puts SPS/PPS in
     /// front of every IDR; asking for "all headers" too would make rtph264pay send them again as
     /// a separate marked packet, which browsers cannot decode (and answer with another PLI).
-    pub fn request_keyframe(&self) {
+    /// Forwarded video has no encoder to ask: viewers wait for the camera's next keyframe.
+    pub fn request_keyframe(&self) -> bool {
+        let Some(encoder) = &self.encoder else { return false };
         let event = gst_video::UpstreamForceKeyUnitEvent::builder().all_headers(false).build();
-        self.encoder.send_event(event);
+        encoder.send_event(event)
     }
+
+    /// Every element of the pipeline, for tests and diagnostics ("is there an encoder?").
+    pub fn element_factories(&self) -> Vec<String> {
+        super::capture::element_factories(self.pipeline.upcast_ref())
+    }
+}
+
+/// Timestamps are set on arrival in the encoding part (`do-timestamp`).
+fn restamped(mut buffer: gst::Buffer) -> gst::Buffer {
+    let writable = buffer.make_mut();
+    writable.set_pts(gst::ClockTime::NONE);
+    writable.set_dts(gst::ClockTime::NONE);
+    buffer
+}
+
+/// A live appsrc stamping buffers on arrival, keeping at most `max_buffers` (the oldest dropped).
+fn live_appsrc(name: &str, caps: &gst::Caps, max_buffers: u64) -> gst_app::AppSrc {
+    gst_app::AppSrc::builder()
+        .name(name)
+        .caps(caps)
+        .is_live(true)
+        .format(gst::Format::Time)
+        .do_timestamp(true)
+        .max_buffers(max_buffers)
+        .leaky_type(gst_app::AppLeakyType::Downstream)
+        .build()
+}
+
+/// An appsink handing each RTP packet over as bytes.
+fn packet_sink(name: &str, on_packet: impl Fn(Bytes) + Send + Sync + 'static) -> gst::Element {
+    appsink(name, RTP_SINK_BUFFERS, move |buffer| {
+        if let Ok(map) = buffer.map_readable() {
+            on_packet(Bytes::copy_from_slice(&map));
+        }
+    })
+    .upcast()
+}
+
+/// The RTP timestamp of wall-clock time `at` (nanoseconds since the epoch) at `rate`, modulo
+/// 2^32: a payloader given this offset stamps running time `t` as wall time `at + t`.
+fn wall_clock_rtp_time(at: gst::ClockTime, rate: u64) -> u32 {
+    (u128::from(at.nseconds()) * u128::from(rate) / 1_000_000_000) as u32
+}
+
+/// The sound: the source's (from the returned appsrc) mixed over live silence, so there is
+/// always sound to send, whether the source has some, none yet, or lost it; encoded once to Opus
+/// for WebRTC and once to AAC for HLS (`voaacenc`: AAC-LC, which every HLS player decodes, at
+/// a tenth of `avenc_aac`'s CPU for the same quality at 128 kbit/s).
+fn add_audio(
+    stream: &str,
+    pipeline: &gst::Pipeline,
+    hls: &gst::Element,
+    base_time: gst::ClockTime,
+    on_audio: impl Fn(Bytes) + Send + Sync + 'static,
+) -> Result<gst_app::AppSrc, MediaError> {
+    let link_error = |err: gst::glib::BoolError| MediaError::Link { stream: stream.into(), reason: err.to_string() };
+    let caps = source::AUDIO_CAPS.parse::<gst::Caps>().expect("valid caps");
+    // Half a second of sound may wait; the oldest goes first.
+    let samples = live_appsrc("audio", &caps, 50);
+    let silence = make("audiotestsrc", "silence")?;
+    silence.set_property("is-live", true);
+    silence.set_property_from_str("wave", "silence");
+    silence.set_property("samplesperbuffer", SILENCE_SAMPLES);
+    let silence_caps = make("capsfilter", "silence-caps")?;
+    silence_caps.set_property("caps", &caps);
+    let mix = make("audiomixer", "mix")?;
+    let tee = make("tee", "audio-tee")?;
+    let opus_queue = queue("opus-queue")?;
+    let opus = make("opusenc", "opus")?;
+    opus.set_property("bitrate", OPUS_BITRATE);
+    opus.set_property("inband-fec", true);
+    opus.set_property("packet-loss-percentage", OPUS_EXPECTED_LOSS_PERCENT);
+    opus.set_property("dtx", false);
+    opus.set_property_from_str("frame-size", "20");
+    let opus_pay = make("rtpopuspay", "opus-pay")?;
+    opus_pay.set_property("pt", OPUS_PAYLOAD_TYPE);
+    opus_pay.set_property("mtu", RTP_MTU);
+    opus_pay.set_property("timestamp-offset", wall_clock_rtp_time(base_time, OPUS_CLOCK_RATE));
+    let opus_sink = packet_sink("opus-rtp", on_audio);
+    let aac_queue = queue("aac-queue")?;
+    let aac = make("voaacenc", "aac")?;
+    aac.set_property("bitrate", AAC_BITRATE);
+    let aac_parse = make("aacparse", "aac-parse")?;
+    pipeline
+        .add_many([
+            samples.upcast_ref(),
+            &silence,
+            &silence_caps,
+            &mix,
+            &tee,
+            &opus_queue,
+            &opus,
+            &opus_pay,
+            &opus_sink,
+            &aac_queue,
+            &aac,
+            &aac_parse,
+        ])
+        .map_err(link_error)?;
+    for chain in [
+        &[&silence, &silence_caps, &mix][..],
+        &[samples.upcast_ref(), &mix, &tee],
+        &[&tee, &opus_queue, &opus, &opus_pay, &opus_sink],
+        &[&tee, &aac_queue, &aac, &aac_parse],
+    ] {
+        gst::Element::link_many(chain).map_err(link_error)?;
+    }
+    let unlinked = |reason: String| MediaError::Link { stream: stream.into(), reason };
+    let hls_audio = hls.request_pad_simple("audio").ok_or_else(|| unlinked("hlssink2 has no audio pad".into()))?;
+    aac_parse
+        .static_pad("src")
+        .expect("aacparse has a src pad")
+        .link(&hls_audio)
+        .map_err(|err| unlinked(format!("AAC into hlssink2: {err}")))?;
+    Ok(samples)
 }
 
 /// Whether `message` says hlssink2 finished a segment (and listed it in its playlist).
