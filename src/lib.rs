@@ -43,6 +43,13 @@ impl webrtc::Feed for MediaStream {
     fn subscribe(&self) -> broadcast::Receiver<rtc::rtp::Packet> {
         MediaStream::subscribe(self)
     }
+    fn subscribe_audio(&self) -> broadcast::Receiver<rtc::rtp::Packet> {
+        MediaStream::subscribe_audio(self)
+    }
+    fn carries(&self) -> webrtc::Carried {
+        let output = self.output();
+        webrtc::Carried { h264_profile_level_id: output.video.profile_level_id, audio: output.audio.is_some() }
+    }
     fn request_keyframe(&self) {
         MediaStream::request_keyframe(self)
     }

@@ -192,6 +192,12 @@ impl Feed for SilentFeed {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<rtc::rtp::Packet> {
         tokio::sync::broadcast::channel(1).1
     }
+    fn subscribe_audio(&self) -> tokio::sync::broadcast::Receiver<rtc::rtp::Packet> {
+        tokio::sync::broadcast::channel(1).1
+    }
+    fn carries(&self) -> livegate::webrtc::Carried {
+        livegate::webrtc::Carried { h264_profile_level_id: None, audio: true }
+    }
     fn request_keyframe(&self) {}
 }
 

@@ -27,7 +27,7 @@ const SAMPLE_RING = 300;
 const $ = (id) => document.getElementById(id);
 const video = $('video');
 const ui = {
-  name: $('stream-name'), mode: $('mode'), state: $('state'),
+  name: $('stream-name'), mode: $('mode'), state: $('state'), sound: $('sound'),
   resolution: $('resolution'), fps: $('fps'), latency: $('latency'), select: $('stream-select'),
 };
 
@@ -46,6 +46,8 @@ const lg = (window.livegate = {
   height: 0,
   measuresRtt: false,    // WebRTC connections ask for the round-trip time (after packet loss)
   transport: null,       // 'udp' | 'tcp': what the WebRTC connection's media goes over
+  audio: false,          // the stream being played has sound
+  muted: true,           // it plays muted (until the viewer unmutes it)
 });
 
 const params = new URLSearchParams(location.search);
@@ -72,6 +74,8 @@ let stopped = false; // set on pagehide
 // after one round trip instead of 100 ms, and the picture keeps moving at 10 % loss. It also
 // shows every frame ~15 ms later, so a clean network never asks for it.
 let measureRtt = false;
+// Browsers only autoplay muted; once the viewer unmutes, later sessions of this page play aloud.
+let soundWanted = false;
 
 // ---------------------------------------------------------------- UI helpers
 
@@ -79,6 +83,22 @@ function setState(text, kind = text) {
   lg.state = text;
   ui.state.textContent = text;
   document.body.dataset.state = kind;
+}
+
+// The sound button: shown when the stream has sound, says whether it is muted.
+function showSound(hasAudio) {
+  lg.audio = hasAudio;
+  lg.muted = video.muted;
+  ui.sound.hidden = !hasAudio;
+  ui.sound.textContent = video.muted ? '🔇 unmute' : '🔊 mute';
+  ui.sound.setAttribute('aria-pressed', String(!video.muted));
+}
+
+function toggleSound() {
+  soundWanted = video.muted;
+  video.muted = !soundWanted;
+  if (!video.muted) video.play().catch(() => {});
+  showSound(lg.audio);
 }
 
 function setMode(mode) {
@@ -107,6 +127,7 @@ ui.select.addEventListener('change', () => {
   restart('switch stream');
 });
 window.addEventListener('popstate', () => restart('navigation'));
+ui.sound.addEventListener('click', toggleSound);
 
 // ------------------------------------------------------- session management
 
@@ -138,6 +159,7 @@ function endSession() {
 
 function resetVideo() {
   try { video.pause(); } catch (_) { /* ignore */ }
+  showSound(false);
   video.srcObject = null;
   if (video.hasAttribute('src')) {
     video.removeAttribute('src');
@@ -304,7 +326,15 @@ function openWebRtc(info, iceServers, rtt, on) {
   const remoteCandidates = []; // received before the answer was applied
 
   pc.addTransceiver('video', { direction: 'recvonly' });
-  pc.ontrack = (e) => { if (!closed) on.track(e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track])); };
+  // Answered inactive when the stream has no sound.
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  const remote = new MediaStream(); // for tracks that come without a stream
+  pc.ontrack = (e) => {
+    if (closed) return;
+    if (e.streams && e.streams[0]) return on.track(e.streams[0]);
+    remote.addTrack(e.track);
+    on.track(remote);
+  };
   pc.onicecandidate = (e) => {
     if (!e.candidate || !e.candidate.candidate) return; // end of gathering
     const msg = {
@@ -419,7 +449,12 @@ async function startWebRtc(info, iceConfig) {
   if (!alive(s)) return;
   try {
     s.conn = openWebRtc(info, s.iceServers, measureRtt, {
-      track: (stream) => { if (alive(s)) { video.srcObject = stream; playVideo(s); } },
+      track: (stream) => {
+        if (!alive(s)) return;
+        // Video and sound arrive as two tracks of one stream.
+        if (video.srcObject !== stream) { video.srcObject = stream; playVideo(s); }
+        showSound(stream.getAudioTracks().length > 0);
+      },
       connected: () => {
         if (!alive(s)) return;
         if (!s.gotFrame) setState('connected, waiting for video', 'connecting');
@@ -551,6 +586,8 @@ async function startHls(info, why) {
     video.addEventListener('error', onError);
     s.cleanups.push(() => { video.removeEventListener('error', onError); resetVideo(); });
     video.src = url;
+    // Native HLS does not say whether there is sound before it plays: offer the button.
+    lg.audio = true;
     playVideo(s);
     return;
   }
@@ -584,6 +621,7 @@ async function startHls(info, why) {
     else console.debug('[livegate] hls.js', data.details);
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => playVideo(s));
+  hls.on(Hls.Events.BUFFER_CODECS, (_evt, data) => { if (alive(s)) showSound(!!data.audio); });
   hls.attachMedia(video);
   hls.loadSource(url);
 }
@@ -591,12 +629,17 @@ async function startHls(info, why) {
 // ------------------------------------------------------- playback + watchdog
 
 function playVideo(s) {
-  video.muted = true; // muted autoplay is allowed without a user gesture
+  video.muted = !soundWanted; // muted autoplay is allowed without a user gesture
+  showSound(lg.audio);
   const p = video.play();
   if (p && p.catch) {
     p.catch((e) => {
       if (!alive(s)) return;
-      if (e.name === 'NotAllowedError') {
+      if (e.name === 'NotAllowedError' && !video.muted) {
+        // Sound needs a gesture again (a new page visit): play muted instead.
+        soundWanted = false;
+        playVideo(s);
+      } else if (e.name === 'NotAllowedError') {
         s.blocked = true; // don't treat "waiting for a click" as a stall
         setState('click to play', 'connecting');
         video.addEventListener('click', () => { s.blocked = false; s.startedAt = performance.now(); video.play().catch(() => {}); }, { once: true });

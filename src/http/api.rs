@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::AppState;
 use crate::auth::{Access, Denied};
 use crate::config::IceServer;
-use crate::media::StreamState;
+use crate::media::{AudioOutput, StreamState, VideoOutput};
 use crate::webrtc::stats::Counters;
 
 /// What a viewer may know of a stream: enough to play it.
@@ -24,6 +24,10 @@ pub struct StreamView {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// What the video is, and whether the gateway encoded it or forwards the camera's own.
+    pub video: VideoOutput,
+    /// The sound's codecs, or none.
+    pub audio: Option<AudioOutput>,
     pub hls: String,
     pub whep: String,
     pub ws: String,
@@ -52,6 +56,7 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
         .iter()
         .map(|stream| {
             let status = stream.status();
+            let output = stream.output();
             let name = &stream.name;
             let totals = state.webrtc.stream_totals(name);
             let (packets_sent, packets_dropped) =
@@ -64,6 +69,8 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
                     width: stream.video.width,
                     height: stream.video.height,
                     fps: stream.video.fps,
+                    video: output.video,
+                    audio: output.audio,
                     hls: format!("/hls/{name}/index.m3u8"),
                     whep: format!("/whep/{name}"),
                     ws: format!("/ws/{name}"),

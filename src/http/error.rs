@@ -25,6 +25,8 @@ impl IntoResponse for SignallingError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SignallingError::WebRtc(WebRtcError::Offer(_) | WebRtcError::Candidate { .. }) => StatusCode::BAD_REQUEST,
+            // The offer is fine, but this stream's video is not among what it accepts.
+            SignallingError::WebRtc(WebRtcError::NoCommonCodec { .. }) => StatusCode::NOT_ACCEPTABLE,
             SignallingError::WebRtc(WebRtcError::Setup(_) | WebRtcError::Bind { .. } | WebRtcError::SharedPort(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -393,7 +393,13 @@ impl MediaStream {
         .await
         .map_err(|err| MediaError::Runtime { stream: self.name.clone(), reason: err.to_string() })??;
         let built = Arc::new(built);
-        tracing::info!(stream = %self.name, video = ?built.plan.video, audio = built.plan.audio, "encoding part started");
+        tracing::info!(
+            stream = %self.name,
+            video = ?built.plan.video,
+            audio = built.plan.audio,
+            elements = %built.element_factories().join(","),
+            "encoding part started"
+        );
         *self.plan.lock().expect("plan lock") = built.plan.clone();
         *self.running.lock().expect("pipeline lock") = Some(built.clone());
         Ok(built)
@@ -517,6 +523,15 @@ impl MediaStream {
                         CaptureEvent::Layout(found) => {
                             if found.audio && !self.had_audio.swap(true, Ordering::Relaxed) {
                                 tracing::info!(stream = %self.name, "the source has sound");
+                            }
+                            if let (true, Some((capture, _))) = (found.complete, &capture) {
+                                tracing::info!(
+                                    stream = %self.name,
+                                    video = ?found.video,
+                                    audio = found.audio,
+                                    elements = %capture.element_factories().join(","),
+                                    "source streams found"
+                                );
                             }
                             layout = found;
                             continue;

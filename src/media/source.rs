@@ -116,9 +116,14 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
             SourceBin::Uri { uri: uri.to_string(), live: false }
         }
         Source::Gst { launch } => {
-            let audio = options.audio && names_audio_element(launch);
-            let audio_chain =
-                if audio { format!(" {GST_AUDIO_ELEMENT}. ! {}", normalise_audio()) } else { String::new() };
+            let named = names_audio_element(launch);
+            let audio = options.audio && named;
+            // Sound that is not wanted still needs somewhere to go, or its source fails.
+            let audio_chain = match (named, audio) {
+                (true, true) => format!(" {GST_AUDIO_ELEMENT}. ! {}", normalise_audio()),
+                (true, false) => format!(" {GST_AUDIO_ELEMENT}. ! fakesink sync=false"),
+                _ => String::new(),
+            };
             SourceBin::Launch {
                 description: format!("{launch} ! {}{audio_chain}", normalise(video)),
                 clock: CaptureClock::BufferTime,

@@ -7,8 +7,7 @@ use rtc::sdp::description::media::MediaDescription;
 use rtc::sdp::description::session::SessionDescription;
 
 /// What livegate sends, said in every rejection so the viewer knows what to offer.
-pub const WHAT_WE_SEND: &str =
-    "livegate sends H.264 constrained-baseline video (profile-level-id 42e01f, packetization-mode=1)";
+pub const WHAT_WE_SEND: &str = "livegate sends H.264 video with packetization-mode=1 (constrained baseline, profile-level-id 42e01f, or a forwarded camera's own profile: see /api/streams) and Opus sound when the stream has some";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OfferError {

@@ -251,6 +251,12 @@ mod tests {
         fn subscribe(&self) -> tokio::sync::broadcast::Receiver<rtc::rtp::Packet> {
             tokio::sync::broadcast::channel(1).1
         }
+        fn subscribe_audio(&self) -> tokio::sync::broadcast::Receiver<rtc::rtp::Packet> {
+            tokio::sync::broadcast::channel(1).1
+        }
+        fn carries(&self) -> crate::webrtc::Carried {
+            crate::webrtc::Carried::default()
+        }
         fn request_keyframe(&self) {}
     }
     struct OneFeed;

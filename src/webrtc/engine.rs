@@ -1,5 +1,5 @@
-//! How every peer is built: the media engine (H.264 and the playout-delay extension), the ICE
-//! and DTLS settings, and each viewer's interceptor chain.
+//! How every peer is built: the media engine (H.264, Opus and the playout-delay extension), the
+//! ICE and DTLS settings, and each viewer's interceptor chain.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,11 +56,30 @@ pub(super) fn playout_delay_zero() -> Bytes {
     data.freeze()
 }
 
-/// Profile-level-ids we answer: constrained baseline 3.1, and Chrome's "42001f" variant.
+/// Profile-level-ids we answer for our own encoder's stream: constrained baseline 3.1, and
+/// Chrome's "42001f" variant.
 pub const H264_PROFILE_LEVEL_IDS: [&str; 2] = ["42e01f", "42001f"];
+pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 
-/// A media engine with our H.264 registrations (the load-test viewers use it too).
+/// Opus as browsers offer it: stereo at 48 kHz, in-band FEC.
+pub(super) fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".into(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// A media engine with our H.264 and Opus registrations (the load-test viewers use it too).
 pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
+    media_engine_for(&H264_PROFILE_LEVEL_IDS)
+}
+
+/// A media engine answering H.264 in these profile-level-ids only (a forwarded camera's own,
+/// RFC 6184 § 8.2.2: the profile must match, the level may differ), and Opus.
+pub fn media_engine_for(profile_level_ids: &[&str]) -> Result<MediaEngine, WebRtcError> {
     let mut engine = MediaEngine::default();
     engine
         .register_header_extension(
@@ -69,7 +88,7 @@ pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
             None,
         )
         .map_err(setup)?;
-    for (i, profile) in H264_PROFILE_LEVEL_IDS.iter().enumerate() {
+    for (i, profile) in profile_level_ids.iter().enumerate() {
         engine
             .register_codec(
                 RTCRtpCodecParameters { rtp_codec: h264_codec(profile), payload_type: H264_PAYLOAD_TYPE + i as u8 * 4 },
@@ -77,6 +96,12 @@ pub fn media_engine() -> Result<MediaEngine, WebRtcError> {
             )
             .map_err(setup)?;
     }
+    engine
+        .register_codec(
+            RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PAYLOAD_TYPE },
+            RtpCodecKind::Audio,
+        )
+        .map_err(setup)?;
     Ok(engine)
 }
 

@@ -1,5 +1,5 @@
 //! Per-viewer rewriting of the shared RTP packets: the viewer's own SSRC, payload type and
-//! gap-free sequence numbers, starting (and restarting after a loss) at a keyframe.
+//! gap-free sequence numbers; video starts (and restarts after a loss) at a keyframe.
 
 use bytes::Bytes;
 use rtc::rtp;
@@ -33,6 +33,8 @@ pub struct Forwarder {
     payload_type: u8,
     extension: Option<Extension>,
     next_sequence: u16,
+    /// Video: decoding can only start at a keyframe. Sound starts anywhere.
+    keyframes: bool,
     waiting_for_keyframe: bool,
     /// Packets this viewer never got: lost while it lagged, or skipped until a keyframe.
     pub dropped: u64,
@@ -40,22 +42,33 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(ssrc: u32, payload_type: u8, first_sequence: u16, extension: Option<Extension>) -> Forwarder {
+    /// H.264, starting at a keyframe.
+    pub fn video(ssrc: u32, payload_type: u8, first_sequence: u16, extension: Option<Extension>) -> Forwarder {
         Forwarder {
             ssrc,
             payload_type,
             extension,
             next_sequence: first_sequence,
+            keyframes: true,
             waiting_for_keyframe: true,
             dropped: 0,
             sent: 0,
         }
     }
 
-    /// The viewer fell behind and `missed` packets are gone: resume at the next keyframe.
+    /// Opus: every packet stands alone.
+    pub fn audio(ssrc: u32, payload_type: u8, first_sequence: u16) -> Forwarder {
+        Forwarder {
+            keyframes: false,
+            waiting_for_keyframe: false,
+            ..Forwarder::video(ssrc, payload_type, first_sequence, None)
+        }
+    }
+
+    /// The viewer fell behind and `missed` packets are gone: video resumes at the next keyframe.
     pub fn lagged(&mut self, missed: u64) {
         self.dropped += missed;
-        self.waiting_for_keyframe = true;
+        self.waiting_for_keyframe = self.keyframes;
     }
 
     pub fn waiting_for_keyframe(&self) -> bool {
@@ -123,7 +136,7 @@ mod tests {
 
     #[test]
     fn starts_at_a_keyframe_with_its_own_identity() {
-        let mut f = Forwarder::new(0xabcd, 102, 500, Some(Extension { id: 6, data: Bytes::from_static(&[0, 0, 0]) }));
+        let mut f = Forwarder::video(0xabcd, 102, 500, Some(Extension { id: 6, data: Bytes::from_static(&[0, 0, 0]) }));
         assert_eq!(f.offer(&packet(7, SLICE)), Verdict::WaitingForKeyframe);
         let p = sent(f.offer(&packet(8, SPS)));
         assert_eq!((p.header.ssrc, p.header.payload_type, p.header.sequence_number), (0xabcd, 102, 500));
@@ -133,8 +146,18 @@ mod tests {
     }
 
     #[test]
+    fn sound_starts_anywhere_and_never_waits() {
+        let mut f = Forwarder::audio(7, 111, 10);
+        let p = sent(f.offer(&packet(3, &[0xfc, 0xff, 0xfe])));
+        assert_eq!((p.header.ssrc, p.header.payload_type, p.header.sequence_number), (7, 111, 10));
+        f.lagged(5);
+        assert!(!f.waiting_for_keyframe());
+        assert_eq!(sent(f.offer(&packet(9, &[0xfc]))).header.sequence_number, 11);
+    }
+
+    #[test]
     fn after_lagging_resumes_at_the_next_keyframe_without_a_sequence_gap() {
-        let mut f = Forwarder::new(1, 96, u16::MAX, None);
+        let mut f = Forwarder::video(1, 96, u16::MAX, None);
         sent(f.offer(&packet(1, SPS)));
         f.lagged(40);
         assert!(f.waiting_for_keyframe());

@@ -1,5 +1,6 @@
 //! WebRTC peers and fan-out, on webrtc-rs. Knows only the RTP packets it is handed: each viewer
-//! is one peer connection with one H.264 track of its own, fed from a shared broadcast channel.
+//! is one peer connection with an H.264 track (and an Opus track, when the stream has sound) of
+//! its own, fed from shared broadcast channels.
 
 pub mod budget;
 pub mod candidates;
@@ -35,14 +36,14 @@ use webrtc::runtime::Runtime;
 use crate::config::{MediaPorts, WebRtcSettings};
 use budget::InFlight;
 use candidates::CandidatePolicy;
-pub use engine::{media_engine, H264_PROFILE_LEVEL_IDS, PLAYOUT_DELAY_URI};
+pub use engine::{media_engine, media_engine_for, H264_PROFILE_LEVEL_IDS, PLAYOUT_DELAY_URI};
 use ports::PortPool;
 use registry::{Registry, ViewerCounts};
 use sdp::{agree_to_reference_times, ice_credentials, rewrite_host_candidates, Advertised};
 use shared_port::{SharedPort, SharedPortError};
 use stats::{Ended, StreamTotals, ViewerStats};
 pub use viewer::Viewer;
-use viewer::{serve_viewer, MediaLease, OwnTrack, RemoteCandidates};
+use viewer::{serve_viewer, MediaLease, OwnTrack, OwnTracks, RemoteCandidates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -54,6 +55,8 @@ pub enum WebRtcError {
     Bind { addrs: String, reason: String },
     #[error("the offer was rejected: {0}")]
     Offer(String),
+    #[error("stream {stream} sends H.264 {profile_level_id} as the camera made it, and the offer has no H.264 of that profile; watch it over HLS, or have the gateway transcode it (--transcode always)")]
+    NoCommonCodec { stream: String, profile_level_id: String },
     #[error("WebRTC setup failed: {0}")]
     Setup(String),
     #[error("bad ICE candidate {candidate:?}: {reason}")]
@@ -68,10 +71,23 @@ pub(crate) fn setup<E: std::fmt::Display>(err: E) -> WebRtcError {
 
 /// Where a viewer's packets come from: one encoded stream.
 pub trait Feed: Send + Sync + 'static {
-    /// RTP packets from now on, parsed once for every viewer.
+    /// H.264 RTP packets from now on, parsed once for every viewer.
     fn subscribe(&self) -> broadcast::Receiver<rtp::Packet>;
+    /// Opus RTP packets from now on.
+    fn subscribe_audio(&self) -> broadcast::Receiver<rtp::Packet>;
+    /// What the stream carries now.
+    fn carries(&self) -> Carried;
     /// Asks for a keyframe soon; the feed rate-limits.
     fn request_keyframe(&self);
+}
+
+/// What a stream carries, as negotiation needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Carried {
+    /// The camera's own H.264 profile-level-id when it is forwarded untouched; `None` for the
+    /// gateway's encoder (constrained baseline).
+    pub h264_profile_level_id: Option<String>,
+    pub audio: bool,
 }
 
 /// Something a peer reports to its signalling session.
@@ -86,7 +102,6 @@ pub enum PeerEvent {
 /// The gateway's WebRTC side: settings, port pool and every viewer.
 pub struct WebRtc {
     settings: WebRtcSettings,
-    engine: MediaEngine,
     setting_engine: SettingEngine,
     media: Media,
     registry: Registry,
@@ -147,7 +162,6 @@ impl WebRtc {
         };
         Ok(WebRtc {
             media,
-            engine: media_engine()?,
             setting_engine,
             settings,
             registry: Registry::default(),
@@ -185,8 +199,10 @@ impl WebRtc {
 
     /// A peer connection whose UDP sockets bind to `addr`, from the engine and settings built
     /// once in `new`; on the shared port, through its runtime and with ICE-TCP if it has it.
+    #[allow(clippy::too_many_arguments)]
     async fn build_peer(
         &self,
+        engine: MediaEngine,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
         stats: Arc<ViewerStats>,
@@ -194,7 +210,7 @@ impl WebRtc {
         shared: Option<(Arc<dyn Runtime>, bool)>,
     ) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
         let mut builder = PeerConnectionBuilder::new()
-            .with_media_engine(self.engine.clone())
+            .with_media_engine(engine)
             .with_interceptor_registry(engine::interceptors(in_flight, stats))
             .with_setting_engine(self.setting_engine.clone())
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
@@ -213,6 +229,7 @@ impl WebRtc {
     /// is skipped.
     async fn bind_peer(
         &self,
+        engine: MediaEngine,
         handler: Arc<Handler>,
         in_flight: Arc<InFlight>,
         stats: Arc<ViewerStats>,
@@ -224,7 +241,7 @@ impl WebRtc {
                 // shared one (see `shared_port`).
                 let addr = SocketAddr::new(self.settings.bind, 0);
                 let shared = Some((runtime, port.tcp_port().is_some()));
-                let peer = self.build_peer(handler, in_flight, stats, addr, shared).await?;
+                let peer = self.build_peer(engine, handler, in_flight, stats, addr, shared).await?;
                 return Ok((peer, MediaLease::Shared(lease)));
             }
             Media::PerViewer(ports) => ports,
@@ -236,7 +253,7 @@ impl WebRtc {
                 .lease()
                 .ok_or_else(|| WebRtcError::NoFreePort { total: ports.range.len(), range: ports.range.to_string() })?;
             let addr = SocketAddr::new(self.settings.bind, port.port);
-            match self.build_peer(handler.clone(), in_flight.clone(), stats.clone(), addr, None).await {
+            match self.build_peer(engine.clone(), handler.clone(), in_flight.clone(), stats.clone(), addr, None).await {
                 Ok(peer) => return Ok((peer, MediaLease::Port(port))),
                 Err(err) => {
                     tracing::debug!(port = port.port, error = %err, "UDP port unusable; trying another");
@@ -299,10 +316,15 @@ impl WebRtc {
         let in_flight = Arc::new(InFlight::default());
         let stats = Arc::new(ViewerStats::start(self.stream_totals(stream)));
         let mut unfinished = Unfinished { stats: Some(stats.clone()), peer: None };
-        let (peer, media) = self.bind_peer(handler, in_flight.clone(), stats.clone()).await?;
+        let carried = feed.carries();
+        let engine = match &carried.h264_profile_level_id {
+            Some(camera) => engine::media_engine_for(&[camera])?,
+            None => media_engine()?,
+        };
+        let (peer, media) = self.bind_peer(engine, handler, in_flight.clone(), stats.clone()).await?;
         unfinished.peer = Some(peer.clone());
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
-        let (track, answer) = self.negotiate(&peer, offer_sdp, &mut gathered_rx).await?;
+        let (tracks, answer) = self.negotiate(stream, &carried, &peer, offer_sdp, &mut gathered_rx).await?;
         if let MediaLease::Shared(lease) = &media {
             let credentials =
                 ice_credentials(&answer).ok_or_else(|| setup("the answer has no a=ice-ufrag/a=ice-pwd"))?;
@@ -329,34 +351,49 @@ impl WebRtc {
             transport: OnceLock::new(),
         });
         self.registry.insert(viewer.clone());
-        self.tasks.spawn(serve_viewer(viewer.clone(), track, feed, state_rx, events, self.registry.clone()));
+        self.tasks.spawn(serve_viewer(viewer.clone(), tracks, feed, state_rx, events, self.registry.clone()));
         Ok((viewer, answer))
     }
 
+    /// Answers the offer with the stream's tracks: H.264 in the profile it carries, and Opus
+    /// when it has sound and the offer takes audio.
     async fn negotiate(
         &self,
+        stream: &str,
+        carried: &Carried,
         peer: &Arc<dyn PeerConnection>,
         offer_sdp: String,
         gathered: &mut watch::Receiver<bool>,
-    ) -> Result<(OwnTrack, String), WebRtcError> {
+    ) -> Result<(OwnTracks, String), WebRtcError> {
         let wants_rtt = offer_sdp.lines().any(|line| line.trim_end() == feedback::RECEIVER_RTT_ATTRIBUTE);
+        let takes_audio = sdp::offers_audio(&offer_sdp);
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| WebRtcError::Offer(e.to_string()))?;
         peer.set_remote_description(offer).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
 
-        let ssrc: u32 = rand_u32();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("livegate-{ssrc}"),
-            format!("video-{ssrc}"),
-            "livegate".into(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-                codec: engine::h264_codec(H264_PROFILE_LEVEL_IDS[0]),
-                ..Default::default()
-            }],
-        )));
-        peer.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        let profile_level_id = carried.h264_profile_level_id.as_deref().unwrap_or(H264_PROFILE_LEVEL_IDS[0]);
+        let video = own_track(RtpCodecKind::Video, engine::h264_codec(profile_level_id));
+        peer.add_track(video.track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        let audio = if carried.audio && takes_audio {
+            let audio = own_track(RtpCodecKind::Audio, engine::opus_codec());
+            peer.add_track(audio.track.clone() as Arc<dyn TrackLocal>)
+                .await
+                .map_err(|e| WebRtcError::Offer(e.to_string()))?;
+            Some(audio)
+        } else {
+            None
+        };
         let answer = peer.create_answer(None).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
+        if !sdp::sends_video(&answer.sdp) {
+            return Err(match &carried.h264_profile_level_id {
+                Some(camera) => WebRtcError::NoCommonCodec { stream: stream.into(), profile_level_id: camera.clone() },
+                None => WebRtcError::Offer(format!(
+                    "it has no H.264 in profile {} (constrained baseline) with packetization-mode 1",
+                    H264_PROFILE_LEVEL_IDS.join(" or ")
+                )),
+            });
+        }
         peer.set_local_description(answer).await.map_err(setup)?;
         let gathering = std::time::Instant::now();
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
@@ -366,7 +403,7 @@ impl WebRtc {
         if wants_rtt {
             answer = agree_to_reference_times(&answer);
         }
-        Ok((OwnTrack { track, ssrc }, answer))
+        Ok((OwnTracks { video, audio }, answer))
     }
 
     fn advertised(&self) -> Advertised {
@@ -415,6 +452,24 @@ impl Drop for Unfinished {
             });
         }
     }
+}
+
+/// A track of the viewer's own, with an SSRC of its own.
+fn own_track(kind: RtpCodecKind, codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec) -> OwnTrack {
+    let ssrc = rand_u32();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        // One stream id for both tracks: the browser plays them in sync.
+        "livegate".into(),
+        format!("{}-{ssrc}", if kind == RtpCodecKind::Audio { "audio" } else { "video" }),
+        "livegate".into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec,
+            ..Default::default()
+        }],
+    )));
+    OwnTrack { track, ssrc }
 }
 
 pub(crate) fn rand_u32() -> u32 {

@@ -34,6 +34,40 @@ impl Advertised {
     }
 }
 
+/// Whether an offer has an audio section that is not rejected.
+pub fn offers_audio(sdp: &str) -> bool {
+    media_sections(sdp).any(|(kind, port, lines)| kind == "audio" && !rejected(port, &lines))
+}
+
+/// Whether an answer sends video: a video section that is neither rejected nor inactive.
+pub fn sends_video(sdp: &str) -> bool {
+    media_sections(sdp).any(|(kind, port, lines)| {
+        kind == "video"
+            && !rejected(port, &lines)
+            && lines.iter().any(|line| line.starts_with("a=rtpmap:"))
+            && !lines.iter().any(|line| *line == "a=inactive" || *line == "a=recvonly")
+    })
+}
+
+/// Port 0 rejects a section, unless it only means "bundled" (RFC 8843 § 6, `a=bundle-only`).
+fn rejected(port: &str, lines: &[&str]) -> bool {
+    port == "0" && !lines.contains(&"a=bundle-only")
+}
+
+/// Each `m=` section: its media, its port and its lines.
+fn media_sections(sdp: &str) -> impl Iterator<Item = (&str, &str, Vec<&str>)> {
+    let mut sections: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(media) = line.strip_prefix("m=") {
+            let mut fields = media.split(' ');
+            sections.push((fields.next().unwrap_or(""), fields.next().unwrap_or(""), Vec::new()));
+        } else if let Some((_, _, lines)) = sections.last_mut() {
+            lines.push(line);
+        }
+    }
+    sections.into_iter()
+}
+
 /// Rewrites the host candidates of an SDP as `advertised` says.
 pub fn rewrite_host_candidates(sdp: &str, advertised: Advertised) -> String {
     sdp.split_inclusive('\n')
@@ -69,6 +103,17 @@ pub(super) fn agree_to_reference_times(sdp: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_sections_are_read_for_what_they_offer_and_answer() {
+        let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+        assert!(offers_audio(offer));
+        assert!(!offers_audio("v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\nm=video 9 UDP 102\r\n"), "rejected");
+        assert!(offers_audio("v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=bundle-only\r\n"), "bundled");
+        assert!(sends_video(&format!("{offer}a=sendonly\r\n")));
+        assert!(!sends_video("v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 0\r\n"), "rejected");
+        assert!(!sends_video("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\na=inactive\r\n"));
+    }
 
     #[test]
     fn rewrites_only_host_candidates() {

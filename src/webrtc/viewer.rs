@@ -14,7 +14,7 @@ use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCPeerConnec
 
 use super::budget::{self, InFlight};
 use super::candidates::{CandidatePolicy, MAX_REMOTE_CANDIDATES};
-use super::engine::{playout_delay_zero, H264_PAYLOAD_TYPE, PLAYOUT_DELAY_URI};
+use super::engine::{playout_delay_zero, H264_PAYLOAD_TYPE, OPUS_PAYLOAD_TYPE, PLAYOUT_DELAY_URI};
 use super::forward::{Extension, Forwarder, Verdict};
 use super::ports::PortLease;
 use super::registry::{Place, Registry};
@@ -139,10 +139,16 @@ pub(super) struct OwnTrack {
     pub(super) ssrc: u32,
 }
 
+/// A viewer's video track, and its audio track when it gets sound.
+pub(super) struct OwnTracks {
+    pub(super) video: OwnTrack,
+    pub(super) audio: Option<OwnTrack>,
+}
+
 /// A viewer's life: wait for the connection, then forward packets until it ends.
 pub(super) async fn serve_viewer(
     viewer: Arc<Viewer>,
-    track: OwnTrack,
+    tracks: OwnTracks,
     feed: Arc<dyn Feed>,
     mut state: watch::Receiver<RTCPeerConnectionState>,
     events: mpsc::UnboundedSender<PeerEvent>,
@@ -166,13 +172,17 @@ pub(super) async fn serve_viewer(
         let _ = viewer.transport.set(transport);
         let port = viewer.media.port();
         tracing::info!(viewer = %viewer.id, stream = %viewer.stream, after_answer_ms, port, transport, "viewer connected");
-        let rtcp = tokio::spawn(forward_keyframe_requests(track.track.clone(), feed.clone()));
+        let rtcp = tokio::spawn(forward_keyframe_requests(tracks.video.track.clone(), feed.clone()));
+        let audio = tracks.audio.map(|audio| tokio::spawn(forward_audio(viewer.clone(), audio, feed.clone())));
         ended = tokio::select! {
-            _ = forward_packets(&viewer, &track, feed.as_ref()) => Ended::Failed,
+            _ = forward_packets(&viewer, &tracks.video, feed.as_ref()) => Ended::Failed,
             _ = state.wait_for(|s| is_over(*s)) => Ended::Failed,
             _ = viewer.closed.cancelled() => Ended::Closed,
         };
         rtcp.abort();
+        if let Some(audio) = audio {
+            audio.abort();
+        }
     }
     viewer.stats.ended(ended);
     let _ = viewer.peer.close().await;
@@ -197,9 +207,10 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     let (ssrc, track) = (track.ssrc, &track.track);
     let mut packets = feed.subscribe();
     feed.request_keyframe();
-    let negotiated = negotiated(&viewer.peer).await;
+    let negotiated = negotiated(&viewer.peer, "video/H264").await;
+    let payload_type = negotiated.payload_type.unwrap_or(H264_PAYLOAD_TYPE);
     let extension = negotiated.playout_delay_id.map(|id| Extension { id, data: playout_delay_zero() });
-    let mut forwarder = Forwarder::new(ssrc, negotiated.payload_type, (rand_u32() & 0x7fff) as u16, extension);
+    let mut forwarder = Forwarder::video(ssrc, payload_type, (rand_u32() & 0x7fff) as u16, extension);
     let connected = std::time::Instant::now();
     let mut budget_spent = 0u64;
     let mut warned_no_room = false;
@@ -256,6 +267,36 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     }
 }
 
+/// Sound, rewritten for the viewer like its video but with no keyframes to wait for; dropped
+/// with the video when the viewer is over its send budget.
+async fn forward_audio(viewer: Arc<Viewer>, track: OwnTrack, feed: Arc<dyn Feed>) {
+    let mut packets = feed.subscribe_audio();
+    let payload_type = negotiated(&viewer.peer, "audio/opus").await.payload_type.unwrap_or(OPUS_PAYLOAD_TYPE);
+    let mut forwarder = Forwarder::audio(track.ssrc, payload_type, (rand_u32() & 0x7fff) as u16);
+    loop {
+        let packet = match packets.recv().await {
+            Ok(packet) => packet,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                viewer.stats.dropped(missed);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if viewer.in_flight.spent(budget::BUDGET) {
+            viewer.stats.dropped(1);
+            continue;
+        }
+        if let Verdict::Send(rtp) = forwarder.offer(&packet) {
+            viewer.in_flight.handed(rtp.payload.len());
+            let bytes = rtp.header.marshal_size() + rtp.payload.len();
+            if track.track.write_rtp(rtp).await.is_err() {
+                return;
+            }
+            viewer.stats.sent(bytes);
+        }
+    }
+}
+
 async fn forward_keyframe_requests(track: Arc<TrackLocalStaticRTP>, feed: Arc<dyn Feed>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
@@ -276,26 +317,28 @@ async fn selected_transport(peer: &Arc<dyn PeerConnection>) -> Option<&'static s
     None
 }
 
-/// What the viewer's answer settled that each packet must carry.
+/// What the viewer's answer settled that each packet of one track must carry.
+#[derive(Default)]
 struct Negotiated {
-    payload_type: u8,
+    payload_type: Option<u8>,
     playout_delay_id: Option<u8>,
 }
 
-async fn negotiated(peer: &Arc<dyn PeerConnection>) -> Negotiated {
-    let mut negotiated = Negotiated { payload_type: H264_PAYLOAD_TYPE, playout_delay_id: None };
+/// What was settled for the sender of codec `mime_type`.
+async fn negotiated(peer: &Arc<dyn PeerConnection>, mime_type: &str) -> Negotiated {
     for sender in peer.get_senders().await {
         let Ok(parameters) = sender.get_parameters().await else { continue };
         let parameters = parameters.rtp_parameters;
-        if let Some(codec) = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/H264"))
-        {
-            negotiated.payload_type = codec.payload_type;
-        }
-        negotiated.playout_delay_id = parameters
+        let Some(codec) = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime_type))
+        else {
+            continue;
+        };
+        let playout_delay_id = parameters
             .header_extensions
             .iter()
             .find(|e| e.uri == PLAYOUT_DELAY_URI)
             .and_then(|e| u8::try_from(e.id).ok());
+        return Negotiated { payload_type: Some(codec.payload_type), playout_delay_id };
     }
-    negotiated
+    Negotiated::default()
 }

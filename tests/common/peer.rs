@@ -1,5 +1,5 @@
-//! An independent WebRTC viewer: GStreamer's webrtcbin, receiving H.264, decoding it and
-//! reading the latency strip of every frame.
+//! An independent WebRTC viewer: GStreamer's webrtcbin, receiving H.264 (and Opus when it asks
+//! for sound), decoding them and reading the latency strip of every frame.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,23 @@ pub struct Seen {
     pub width: i32,
     pub height: i32,
     pub latencies_ms: Vec<u64>,
+    /// Decoded sound, in samples per channel.
+    pub audio_samples: u64,
+    /// Samples louder than the test tone: its clicks.
+    pub loud_samples: u64,
+}
+
+/// What a viewer offers to receive.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer {
+    pub h264_profile_level_id: &'static str,
+    pub audio: bool,
+}
+
+impl Default for Offer {
+    fn default() -> Self {
+        Offer { h264_profile_level_id: "42e01f", audio: false }
+    }
 }
 
 pub struct Viewer {
@@ -33,19 +50,29 @@ pub struct Viewer {
 
 impl Viewer {
     pub fn new() -> Viewer {
+        Viewer::offering(Offer::default())
+    }
+
+    pub fn offering(offer: Offer) -> Viewer {
         gst::init().unwrap();
         let pipeline = gst::Pipeline::new();
         let webrtcbin =
             gst::ElementFactory::make("webrtcbin").property_from_str("bundle-policy", "max-bundle").build().unwrap();
         pipeline.add(&webrtcbin).unwrap();
-        let caps: gst::Caps = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload=102,\
-                               packetization-mode=(string)1,profile-level-id=(string)42e01f"
-            .parse()
-            .unwrap();
-        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
-            "add-transceiver",
-            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-        );
+        let mut wanted = vec![format!(
+            "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload=102,\
+             packetization-mode=(string)1,profile-level-id=(string){}",
+            offer.h264_profile_level_id
+        )];
+        if offer.audio {
+            wanted.push("application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,encoding-params=(string)2,payload=111".into());
+        }
+        for caps in wanted {
+            webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+                "add-transceiver",
+                &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps.parse::<gst::Caps>().unwrap()],
+            );
+        }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let pipeline_weak = pipeline.downgrade();
         let sink_seen = seen.clone();
@@ -54,19 +81,28 @@ impl Viewer {
                 return;
             }
             let pipeline = pipeline_weak.upgrade().unwrap();
-            let decode = gst::parse::bin_from_description(
-                "rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=frames sync=false",
-                true,
-            )
-            .unwrap();
+            let audio = pad.current_caps().and_then(|caps| caps.structure(0)?.get::<String>("media").ok())
+                == Some("audio".into());
+            let (description, record): (&str, fn(&gst::Sample, &Mutex<Seen>)) = if audio {
+                (
+                    "rtpopusdepay ! opusdec ! audioconvert ! audio/x-raw,format=S16LE,channels=1 ! appsink name=out sync=false",
+                    record_sound,
+                )
+            } else {
+                (
+                    "rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=out sync=false",
+                    record_frame,
+                )
+            };
+            let decode = gst::parse::bin_from_description(description, true).unwrap();
             pipeline.add(&decode).unwrap();
-            let appsink = decode.by_name("frames").unwrap().downcast::<gst_app::AppSink>().unwrap();
+            let appsink = decode.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
             let seen = sink_seen.clone();
             appsink.set_callbacks(
                 gst_app::AppSinkCallbacks::builder()
                     .new_sample(move |sink| {
                         let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                        record_frame(&sample, &seen);
+                        record(&sample, &seen);
                         Ok(gst::FlowSuccess::Ok)
                     })
                     .build(),
@@ -109,6 +145,19 @@ impl Viewer {
 
     pub fn seen(&self) -> Seen {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `samples` samples of sound arrived, or panics.
+    pub async fn wait_for_sound(&self, samples: u64, within: Duration) -> Seen {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.seen();
+            if seen.audio_samples >= samples {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "only {seen:?} after {within:?}, wanted {samples} samples of sound");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until `frames` frames with a readable strip arrived, or panics.
@@ -200,6 +249,15 @@ fn record_frame(sample: &gst::Sample, seen: &Mutex<Seen>) {
         seen.frames_with_strip += 1;
         seen.latencies_ms.push(latency);
     }
+}
+
+fn record_sound(sample: &gst::Sample, seen: &Mutex<Seen>) {
+    let Some(buffer) = sample.buffer() else { return };
+    let Ok(map) = buffer.map_readable() else { return };
+    let samples: Vec<i16> = map.chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]])).collect();
+    let mut seen = seen.lock().unwrap();
+    seen.audio_samples += samples.len() as u64;
+    seen.loud_samples += samples.iter().filter(|s| s.unsigned_abs() > 15_000).count() as u64;
 }
 
 pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
