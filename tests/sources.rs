@@ -1,5 +1,5 @@
-//! Sources other than the test pattern, against real producers: a looping file and an RTSP
-//! camera that goes away and comes back.
+//! Sources other than the test pattern, against real producers: a looping file, an RTSP camera
+//! that goes away and comes back, and cameras whose H.264 is forwarded untouched (or not).
 
 mod common;
 
@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::peer::Viewer;
+use common::peer::{Offer, Viewer};
 use common::Gateway;
+use serde_json::Value;
 
 const START: Duration = Duration::from_secs(30);
 
@@ -47,9 +48,15 @@ struct RtspCamera(Child);
 
 impl RtspCamera {
     fn start(port: u16) -> RtspCamera {
+        RtspCamera::with(port, &[])
+    }
+
+    /// A camera as `tests/support/rtsp_server.py` takes its options (`--profile high`, …).
+    fn with(port: u16, options: &[&str]) -> RtspCamera {
         let mut child = Command::new("/usr/bin/python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/rtsp_server.py"))
             .arg(port.to_string())
+            .args(options)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the RTSP server (needs python3-gi and gir1.2-gst-rtsp-server-1.0)");
@@ -233,4 +240,137 @@ async fn an_encoder_restart_continues_the_one_hls_playlist_after_a_discontinuity
         "new names, never reused"
     );
     assert_eq!(gateway.stream("live").await["state"], "playing");
+}
+
+/// The fields of the newest log line saying `message`.
+fn last_log(gateway: &Gateway, message: &str) -> Value {
+    gateway
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == message)
+        .last()
+        .unwrap_or_else(|| panic!("no log line {message:?}"))
+}
+
+/// Waits until the stream says whether its video is transcoded, as `transcoded`.
+async fn wait_for_transcoded(gateway: &Gateway, stream: &str, transcoded: bool) -> Value {
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let info = gateway.stream(stream).await;
+        if info["state"] == "playing" && info["video"]["transcoded"] == transcoded {
+            return info;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stream} never had transcoded={transcoded}: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const DECODERS: [&str; 3] = ["avdec_h264", "avdec_h265", "decodebin"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_high_profile_camera_is_forwarded_with_its_sound_and_never_decoded() {
+    let port = free_port();
+    let _camera = RtspCamera::with(port, &["--profile", "high", "--audio", "aac", "--click", "--strip"]);
+    let source = format!("cam=rtsp://127.0.0.1:{port}/cam");
+    let gateway = Gateway::start(&["--stream", &source]);
+    let info = wait_for_transcoded(&gateway, "cam", false).await;
+    assert_eq!(info["video"]["profile"], "high", "{info}");
+    assert_eq!(info["video"]["profile_level_id"].as_str().unwrap()[..4], *"6400", "{info}");
+    assert_eq!(info["audio"]["webrtc"], "opus", "{info}");
+
+    // What was built: no decoder for the video, and no encoder for it either.
+    let capture = last_log(&gateway, "source streams found");
+    let elements = capture["elements"].as_str().unwrap();
+    assert!(elements.contains("rtph264depay") && elements.contains("h264parse"), "{elements}");
+    assert!(!elements.contains("avdec_h264"), "the camera's video is never decoded: {elements}");
+    assert!(elements.contains("avdec_aac"), "its sound is: {elements}");
+    let encoding = last_log(&gateway, "encoding part started");
+    let elements = encoding["elements"].as_str().unwrap();
+    assert!(!elements.contains("x264enc") && !DECODERS.iter().any(|d| elements.contains(d)), "{elements}");
+
+    // A browser-like viewer offering high profile decodes the camera's own strip, and its sound.
+    let viewer = Viewer::offering(Offer { h264_profile_level_id: "64001f", audio: true });
+    viewer.connect_whep(&gateway.base, "cam").await;
+    let seen = viewer.wait_for_frames(60, Duration::from_secs(15)).await;
+    assert_eq!((seen.width, seen.height), (640, 360), "the camera's own size");
+    let seen = viewer.wait_for_sound(96_000, Duration::from_secs(10)).await;
+    assert!(seen.loud_samples > 0, "the camera's clicks: {seen:?}");
+
+    // One that only takes constrained baseline is told why, and pointed to HLS.
+    let baseline = Viewer::new();
+    let response = common::client()
+        .post(gateway.url("/whep/cam"))
+        .header("content-type", "application/sdp")
+        .body(baseline.offer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 406);
+    let message = response.text().await.unwrap();
+    assert!(message.contains("H.264 6400") && message.contains("HLS"), "{message}");
+
+    // HLS: ffmpeg plays the forwarded video.
+    let (log, frames) = common::ffmpeg_frames(&gateway.url("/hls/cam/index.m3u8"), 3).await;
+    assert!(frames >= 60, "ffmpeg decoded {frames} frames: {log}");
+    assert!(log.contains("High") && log.contains("aac"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transcode_always_decodes_and_encodes_even_a_forwardable_camera() {
+    let port = free_port();
+    let _camera = RtspCamera::with(port, &["--profile", "high"]);
+    let source = format!("cam=rtsp://127.0.0.1:{port}/cam");
+    let gateway = Gateway::start(&["--stream", &source, "--transcode", "always", "--width", "640", "--height", "360"]);
+    let info = wait_for_transcoded(&gateway, "cam", true).await;
+    assert_eq!(info["video"]["profile"], "constrained-baseline", "{info}");
+    let capture = last_log(&gateway, "source streams found");
+    assert!(capture["elements"].as_str().unwrap().contains("avdec_h264"), "{capture}");
+    let viewer = Viewer::new();
+    viewer.connect_whep(&gateway.base, "cam").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while camera_frames(&viewer) < 30 {
+        assert!(std::time::Instant::now() < deadline, "no camera frames: {:?}", viewer.seen());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h265_camera_is_transcoded_under_auto_and_refused_with_the_reason_under_never() {
+    let port = free_port();
+    let _camera = RtspCamera::with(port, &["--video", "h265"]);
+    let source = format!("cam=rtsp://127.0.0.1:{port}/cam");
+    let gateway = Gateway::start(&["--stream", &source, "--width", "640", "--height", "360"]);
+    wait_for_transcoded(&gateway, "cam", true).await;
+    let viewer = Viewer::new();
+    viewer.connect_whep(&gateway.base, "cam").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while camera_frames(&viewer) < 30 {
+        assert!(std::time::Instant::now() < deadline, "no camera frames: {:?}", viewer.seen());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(gateway);
+
+    let gateway = Gateway::start(&["--stream", &source, "--transcode", "never"]);
+    let refused = gateway.wait_for_state("cam", "no-signal", START).await;
+    let reason = refused["error"].as_str().unwrap();
+    assert!(reason.contains("video/x-h265") && reason.contains("--transcode never"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_camera_with_b_frames_is_transcoded_once_they_show() {
+    let port = free_port();
+    let _camera = RtspCamera::with(port, &["--profile", "main", "--bframes", "2"]);
+    let source = format!("cam=rtsp://127.0.0.1:{port}/cam");
+    let gateway = Gateway::start(&["--stream", &source, "--width", "640", "--height", "360"]);
+    wait_for_transcoded(&gateway, "cam", true).await;
+    // It was forwarded until the first B-frame showed.
+    assert!(gateway.log_text().contains("B-frames, which WebRTC cannot carry"));
+    let viewer = Viewer::new();
+    viewer.connect_whep(&gateway.base, "cam").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while camera_frames(&viewer) < 30 {
+        assert!(std::time::Instant::now() < deadline, "no camera frames: {:?}", viewer.seen());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -95,6 +95,9 @@ const PACKET_BUFFER: usize = 512;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a source's first streams may wait for the rest (`no-more-pads`) before the encoding
+/// part is built for what it has.
+const LAYOUT_WAIT: Duration = Duration::from_secs(2);
 /// How often the supervisor looks for a stalled source.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 /// Frames and sound between the capture's streaming threads and the supervisor: a few frames
@@ -420,10 +423,14 @@ impl MediaStream {
     }
 
     /// What the encoding part should carry: the camera's own H.264 while it delivers some we
-    /// may forward, else our encoder's; sound once the source has had some.
-    fn wanted_plan(&self, live: bool, layout: &Layout) -> Plan {
+    /// may forward, else our encoder's; sound once the source has had some. Decided once the
+    /// source has found all its streams (`settled`), so that it is rebuilt once, not per stream.
+    fn wanted_plan(&self, live: bool, layout: &Layout, settled: bool) -> Plan {
+        if settled && layout.audio && !self.had_audio.swap(true, Ordering::Relaxed) {
+            tracing::info!(stream = %self.name, "the source has sound");
+        }
         let video = match &layout.video {
-            Some(VideoIn::H264(profile)) if live => VideoPlan::Forward(profile.clone()),
+            Some(VideoIn::H264(profile)) if live && settled => VideoPlan::Forward(profile.clone()),
             _ => VideoPlan::Encode,
         };
         Plan { video, audio: self.had_audio.load(Ordering::Relaxed) }
@@ -452,10 +459,14 @@ impl MediaStream {
         let mut capture: Option<(Capture, Instant)> = None;
         let mut layout = Layout::default();
         let mut last_h264_pts = None;
+        // When the current capture's first frame to forward came: if the source never says it
+        // has found all its streams, it is taken to have after `LAYOUT_WAIT`.
+        let mut forwarding_since: Option<Instant> = None;
         let mut next_attempt = Some(tokio::time::Instant::now());
         let mut slow_attempts = 0u32;
         let outcome = loop {
-            let wanted = self.wanted_plan(monitor.signal() == &signal::Signal::Live, &layout);
+            let settled = layout.complete || forwarding_since.is_some_and(|since| since.elapsed() >= LAYOUT_WAIT);
+            let wanted = self.wanted_plan(monitor.signal() == &signal::Signal::Live, &layout, settled);
             if wanted != encoder.plan {
                 if let Err(err) = self.rebuild_encoder(&mut encoder, options, wanted).await {
                     break Err(err);
@@ -504,7 +515,10 @@ impl MediaStream {
                     count(&self.counters.frames_from_source);
                     // The first frame of a camera to forward brings its encoding part: keep it,
                     // it may be the keyframe to start from.
-                    let wanted = self.wanted_plan(true, &layout);
+                    if forwarded {
+                        forwarding_since.get_or_insert_with(Instant::now);
+                    }
+                    let wanted = self.wanted_plan(true, &layout, settled);
                     if wanted != encoder.plan {
                         if let Err(err) = self.rebuild_encoder(&mut encoder, options, wanted).await {
                             break Err(err);
@@ -521,9 +535,6 @@ impl MediaStream {
                     }
                     let outcome = match event {
                         CaptureEvent::Layout(found) => {
-                            if found.audio && !self.had_audio.swap(true, Ordering::Relaxed) {
-                                tracing::info!(stream = %self.name, "the source has sound");
-                            }
                             if let (true, Some((capture, _))) = (found.complete, &capture) {
                                 tracing::info!(
                                     stream = %self.name,
@@ -562,6 +573,7 @@ impl MediaStream {
                     next_attempt = None;
                     generation += 1;
                     last_h264_pts = None;
+                    forwarding_since = None;
                     match self.start_capture(options, generation, frames_tx.clone(), events_tx.clone()).await {
                         Ok(started) => {
                             tracing::debug!(stream = %self.name, generation, "source started");

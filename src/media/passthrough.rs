@@ -47,7 +47,7 @@ fn level_idc(level: &str) -> Option<u8> {
         return Some(11);
     }
     let (major, minor) = level.split_once('.').unwrap_or((level, "0"));
-    Some(major.parse::<u8>().ok()?.checked_mul(10)?.checked_add(minor.parse::<u8>().ok()?)?)
+    major.parse::<u8>().ok()?.checked_mul(10)?.checked_add(minor.parse::<u8>().ok()?)
 }
 
 #[cfg(test)]

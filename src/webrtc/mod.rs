@@ -367,6 +367,12 @@ impl WebRtc {
     ) -> Result<(OwnTracks, String), WebRtcError> {
         let wants_rtt = offer_sdp.lines().any(|line| line.trim_end() == feedback::RECEIVER_RTT_ATTRIBUTE);
         let takes_audio = sdp::offers_audio(&offer_sdp);
+        // webrtc-rs would answer another profile than offered rather than none: say so instead.
+        if let Some(camera) = &carried.h264_profile_level_id {
+            if !sdp::offers_h264_profile(&offer_sdp, camera) {
+                return Err(WebRtcError::NoCommonCodec { stream: stream.into(), profile_level_id: camera.clone() });
+            }
+        }
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| WebRtcError::Offer(e.to_string()))?;
         peer.set_remote_description(offer).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
 

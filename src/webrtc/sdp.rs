@@ -49,6 +49,28 @@ pub fn sends_video(sdp: &str) -> bool {
     })
 }
 
+/// Whether an offer takes H.264 in the profile of `profile_level_id` (its profile_idc and
+/// constraint flags; the level may differ, RFC 6184 § 8.2.2).
+pub fn offers_h264_profile(sdp: &str, profile_level_id: &str) -> bool {
+    let profile = |id: &str| id.get(..4).map(str::to_ascii_lowercase);
+    let wanted = profile(profile_level_id);
+    media_sections(sdp).filter(|(kind, port, lines)| *kind == "video" && !rejected(port, lines)).any(|(_, _, lines)| {
+        let h264: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("a=rtpmap:")?.split_once(' '))
+            .filter(|(_, codec)| codec.to_ascii_uppercase().starts_with("H264/"))
+            .map(|(pt, _)| pt)
+            .collect();
+        lines.iter().filter_map(|line| line.strip_prefix("a=fmtp:")?.split_once(' ')).any(|(pt, parameters)| {
+            h264.contains(&pt)
+                && parameters
+                    .split(';')
+                    .filter_map(|p| p.trim().strip_prefix("profile-level-id="))
+                    .any(|id| profile(id) == wanted)
+        })
+    })
+}
+
 /// Port 0 rejects a section, unless it only means "bundled" (RFC 8843 § 6, `a=bundle-only`).
 fn rejected(port: &str, lines: &[&str]) -> bool {
     port == "0" && !lines.contains(&"a=bundle-only")
@@ -112,6 +134,11 @@ mod tests {
         assert!(offers_audio("v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=bundle-only\r\n"), "bundled");
         assert!(sends_video(&format!("{offer}a=sendonly\r\n")));
         assert!(!sends_video("v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 0\r\n"), "rejected");
+        let chrome = "m=video 9 UDP/TLS/RTP/SAVPF 102 112\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:112 H264/90000\r\na=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n";
+        assert!(offers_h264_profile(chrome, "640028"), "high at another level");
+        assert!(offers_h264_profile(chrome, "42E01F"));
+        assert!(!offers_h264_profile(chrome, "4d0028"), "no main");
+        assert!(!offers_h264_profile(&chrome.replace("H264", "VP8"), "640028"), "not H.264");
         assert!(!sends_video("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\na=inactive\r\n"));
     }
 
