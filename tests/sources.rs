@@ -247,9 +247,9 @@ fn last_log(gateway: &Gateway, message: &str) -> Value {
     gateway
         .log_text()
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["message"] == message)
-        .last()
+        .find(|line| line["message"] == message)
         .unwrap_or_else(|| panic!("no log line {message:?}"))
 }
 

@@ -18,6 +18,9 @@ const LOSS_NACKS = 3;
 const LOSS_RATIO = 0.005;
 const LOSS_WINDOW_MS = 10000;
 const RECEIVER_RTT = 'a=rtcp-xr:rcvr-rtt=all';
+// The gateway asks the browser to show each frame at once; the browser then cannot hold the
+// picture back to wait for the sound. A viewer who listens offers without it (lip sync).
+const PLAYOUT_DELAY = 'http://www.webrtc.org/experiments/rtp-hdrext/playout-delay';
 const BACKOFF_START_MS = 1000;
 const BACKOFF_MAX_MS = 5000;
 const LATENCY_STALE_MS = 2000;
@@ -48,6 +51,7 @@ const lg = (window.livegate = {
   transport: null,       // 'udp' | 'tcp': what the WebRTC connection's media goes over
   audio: false,          // the stream being played has sound
   muted: true,           // it plays muted (until the viewer unmutes it)
+  lipSync: false,        // the WebRTC connection lets the picture wait for the sound
 });
 
 const params = new URLSearchParams(location.search);
@@ -88,6 +92,7 @@ function setState(text, kind = text) {
 // The sound button: shown when the stream has sound, says whether it is muted.
 function showSound(hasAudio) {
   lg.audio = hasAudio;
+  lg.lipSync = !!(session && session.conn && session.conn.lipSync);
   lg.muted = video.muted;
   ui.sound.hidden = !hasAudio;
   ui.sound.textContent = video.muted ? '🔇 unmute' : '🔊 mute';
@@ -99,6 +104,12 @@ function toggleSound() {
   video.muted = !soundWanted;
   if (!video.muted) video.play().catch(() => {});
   showSound(lg.audio);
+  // Listening: a connection whose picture waits for the sound; watching only: the fastest one.
+  const s = session;
+  if (s && alive(s) && s.mode === 'WebRTC' && s.conn && s.conn.lipSync !== soundWanted) {
+    console.info(`[livegate] sound ${soundWanted ? 'on: reconnecting in lip sync' : 'off: reconnecting for the lowest latency'}`);
+    reconnectBehind(s, { upgrade: true });
+  }
 }
 
 function setMode(mode) {
@@ -304,6 +315,7 @@ function wsUrl(info) {
  */
 function openWebRtc(info, iceServers, rtt, on) {
   const pc = new RTCPeerConnection({ iceServers });
+  const lipSync = soundWanted;
   const ws = new WebSocket(wsUrl(info));
   let closed = false;
   let disconnectTimer = 0;
@@ -401,13 +413,16 @@ function openWebRtc(info, iceServers, rtt, on) {
     if (closed) return;
     // The token goes in the first message rather than the URL, which proxies may log.
     if (accessToken) send({ type: 'auth', token: accessToken });
-    const sdp = rtt ? offer.sdp : offer.sdp.split('\r\n').filter((line) => line !== RECEIVER_RTT).join('\r\n');
+    const sdp = offer.sdp.split('\r\n')
+      .filter((line) => rtt || line !== RECEIVER_RTT)
+      .filter((line) => !lipSync || !line.includes(PLAYOUT_DELAY))
+      .join('\r\n');
     send({ type: 'offer', sdp });
     offerSent = true;
     localCandidates.splice(0).forEach(send);
   })().catch((e) => fail(`offer: ${e.message}`));
 
-  return { pc, close };
+  return { pc, close, lipSync };
 }
 
 /** The protocol ('udp' or 'tcp') of the connection's selected candidate pair, or null. */

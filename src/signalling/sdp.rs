@@ -100,7 +100,7 @@ pub(crate) mod tests {
         for (sdp, expected) in cases {
             let message = check_offer(&sdp).unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} should contain {expected:?}");
-            assert!(message.contains("constrained-baseline"), "{message}");
+            assert!(message.contains("constrained baseline") && message.contains("Opus"), "{message}");
         }
     }
 }

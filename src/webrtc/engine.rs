@@ -18,6 +18,7 @@ use webrtc::peer_connection::{MediaEngine, Registry, SettingEngine, SettingEngin
 
 use super::budget::InFlight;
 use super::feedback::{Feedback, Retransmissions};
+use super::reports::CaptureTimeReports;
 use super::stats::ViewerStats;
 use super::{setup, WebRtcError};
 
@@ -125,6 +126,8 @@ pub(super) fn interceptors(in_flight: Arc<InFlight>, stats: Arc<ViewerStats>) ->
     Registry::new()
         // Next to the wire, to see the NACK responder's retransmissions leave.
         .with(Slot::from(1_000), Retransmissions::new(stats.clone()))
+        // Between the wire and the reports it dates.
+        .with(Slot::from(1_001), CaptureTimeReports::default())
         // Retransmits what a viewer reports lost: ~1.3 s of packets at 2 Mbit/s.
         .with(Slot::NackResponder, NackResponderBuilder::new().with_size(NACK_HISTORY).build())
         .with(Slot::SenderReport, SenderReportBuilder::new().build())

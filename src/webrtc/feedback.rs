@@ -15,7 +15,7 @@
 //! the viewer's task, before NACK retransmissions join: the other side of the send budget. And
 //! it counts the packets viewers report lost and the keyframes they ask for.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -136,14 +136,15 @@ impl Interceptor for Feedback {
 /// has added its retransmissions, any packet not newer than the newest sent is one.
 pub struct Retransmissions {
     stats: Arc<ViewerStats>,
-    newest: Option<u16>,
+    /// By SSRC: sound and video number their packets apart.
+    newest: HashMap<u32, u16>,
     inbound: VecDeque<TaggedPacket>,
     outbound: VecDeque<TaggedPacket>,
 }
 
 impl Retransmissions {
     pub fn new(stats: Arc<ViewerStats>) -> Retransmissions {
-        Retransmissions { stats, newest: None, inbound: VecDeque::new(), outbound: VecDeque::new() }
+        Retransmissions { stats, newest: HashMap::new(), inbound: VecDeque::new(), outbound: VecDeque::new() }
     }
 }
 
@@ -166,9 +167,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
     fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtp(packet) = &message.message.packet {
             let sequence = packet.header.sequence_number;
-            match self.newest {
-                Some(newest) if !newer(sequence, newest) => self.stats.retransmitted(),
-                _ => self.newest = Some(sequence),
+            match self.newest.get_mut(&packet.header.ssrc) {
+                Some(newest) if !newer(sequence, *newest) => self.stats.retransmitted(),
+                Some(newest) => *newest = sequence,
+                None => {
+                    self.newest.insert(packet.header.ssrc, sequence);
+                }
             }
         }
         self.outbound.push_back(message);

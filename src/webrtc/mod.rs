@@ -10,6 +10,7 @@ pub mod forward;
 pub mod h264;
 pub mod ports;
 pub mod registry;
+pub mod reports;
 pub mod sdp;
 pub mod shared_port;
 pub mod stats;
@@ -55,7 +56,7 @@ pub enum WebRtcError {
     Bind { addrs: String, reason: String },
     #[error("the offer was rejected: {0}")]
     Offer(String),
-    #[error("stream {stream} sends H.264 {profile_level_id} as the camera made it, and the offer has no H.264 of that profile; watch it over HLS, or have the gateway transcode it (--transcode always)")]
+    #[error("stream {stream} sends H.264 {profile_level_id} as the camera made it, and the offer has no H.264 profile that decodes it; watch it over HLS, or have the gateway transcode it (--transcode always)")]
     NoCommonCodec { stream: String, profile_level_id: String },
     #[error("WebRTC setup failed: {0}")]
     Setup(String),
@@ -317,18 +318,27 @@ impl WebRtc {
         let stats = Arc::new(ViewerStats::start(self.stream_totals(stream)));
         let mut unfinished = Unfinished { stats: Some(stats.clone()), peer: None };
         let carried = feed.carries();
-        let engine = match &carried.h264_profile_level_id {
-            Some(camera) => engine::media_engine_for(&[camera])?,
+        // A forwarded camera's H.264 is answered as the offered profile that decodes it.
+        let answered_profile = match &carried.h264_profile_level_id {
+            Some(camera) => Some(sdp::answerable_h264_profile(&offer_sdp, camera).ok_or_else(|| {
+                WebRtcError::NoCommonCodec { stream: stream.into(), profile_level_id: camera.clone() }
+            })?),
+            None => None,
+        };
+        let engine = match &answered_profile {
+            Some(profile) => engine::media_engine_for(&[profile])?,
             None => media_engine()?,
         };
         let (peer, media) = self.bind_peer(engine, handler, in_flight.clone(), stats.clone()).await?;
         unfinished.peer = Some(peer.clone());
         let (offer_sdp, offer_candidates) = candidates::split_offer_candidates(&offer_sdp);
-        let (tracks, answer) = self.negotiate(stream, &carried, &peer, offer_sdp, &mut gathered_rx).await?;
+        let (tracks, answer) =
+            self.negotiate(stream, &carried, answered_profile.as_deref(), &peer, offer_sdp, &mut gathered_rx).await?;
         if let MediaLease::Shared(lease) = &media {
             let credentials =
                 ice_credentials(&answer).ok_or_else(|| setup("the answer has no a=ice-ufrag/a=ice-pwd"))?;
             lease.register(credentials.0, credentials.1)?;
+            lease.gather_frames_of(tracks.video.ssrc);
         }
         unfinished.done();
 
@@ -355,28 +365,23 @@ impl WebRtc {
         Ok((viewer, answer))
     }
 
-    /// Answers the offer with the stream's tracks: H.264 in the profile it carries, and Opus
-    /// when it has sound and the offer takes audio.
+    /// Answers the offer with the stream's tracks: H.264 (our encoder's, or a forwarded
+    /// camera's as `answered_profile`), and Opus when it has sound and the offer takes audio.
     async fn negotiate(
         &self,
         stream: &str,
         carried: &Carried,
+        answered_profile: Option<&str>,
         peer: &Arc<dyn PeerConnection>,
         offer_sdp: String,
         gathered: &mut watch::Receiver<bool>,
     ) -> Result<(OwnTracks, String), WebRtcError> {
         let wants_rtt = offer_sdp.lines().any(|line| line.trim_end() == feedback::RECEIVER_RTT_ATTRIBUTE);
         let takes_audio = sdp::offers_audio(&offer_sdp);
-        // webrtc-rs would answer another profile than offered rather than none: say so instead.
-        if let Some(camera) = &carried.h264_profile_level_id {
-            if !sdp::offers_h264_profile(&offer_sdp, camera) {
-                return Err(WebRtcError::NoCommonCodec { stream: stream.into(), profile_level_id: camera.clone() });
-            }
-        }
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| WebRtcError::Offer(e.to_string()))?;
         peer.set_remote_description(offer).await.map_err(|e| WebRtcError::Offer(e.to_string()))?;
 
-        let profile_level_id = carried.h264_profile_level_id.as_deref().unwrap_or(H264_PROFILE_LEVEL_IDS[0]);
+        let profile_level_id = answered_profile.unwrap_or(H264_PROFILE_LEVEL_IDS[0]);
         let video = own_track(RtpCodecKind::Video, engine::h264_codec(profile_level_id));
         peer.add_track(video.track.clone() as Arc<dyn TrackLocal>)
             .await

@@ -49,26 +49,48 @@ pub fn sends_video(sdp: &str) -> bool {
     })
 }
 
-/// Whether an offer takes H.264 in the profile of `profile_level_id` (its profile_idc and
-/// constraint flags; the level may differ, RFC 6184 § 8.2.2).
-pub fn offers_h264_profile(sdp: &str, profile_level_id: &str) -> bool {
-    let profile = |id: &str| id.get(..4).map(str::to_ascii_lowercase);
-    let wanted = profile(profile_level_id);
-    media_sections(sdp).filter(|(kind, port, lines)| *kind == "video" && !rejected(port, lines)).any(|(_, _, lines)| {
-        let h264: Vec<&str> = lines
-            .iter()
-            .filter_map(|line| line.strip_prefix("a=rtpmap:")?.split_once(' '))
-            .filter(|(_, codec)| codec.to_ascii_uppercase().starts_with("H264/"))
-            .map(|(pt, _)| pt)
-            .collect();
-        lines.iter().filter_map(|line| line.strip_prefix("a=fmtp:")?.split_once(' ')).any(|(pt, parameters)| {
-            h264.contains(&pt)
-                && parameters
-                    .split(';')
-                    .filter_map(|p| p.trim().strip_prefix("profile-level-id="))
-                    .any(|id| profile(id) == wanted)
+/// The H.264 profiles (profile_idc and constraint flags, as in `profile-level-id`) whose
+/// decoders also decode a camera's profile (H.264 Annex A): its own first, then the wider ones.
+fn decoders_of(camera_profile: &str) -> &'static [&'static str] {
+    match camera_profile {
+        "42e0" => &["42e0", "4200", "4d00", "640c", "6400", "f400"],
+        "4200" => &["4200"],
+        "4d00" => &["4d00", "6400", "f400"],
+        "640c" => &["640c", "6400", "f400"],
+        "6400" => &["6400", "f400"],
+        _ => &[],
+    }
+}
+
+/// The `profile-level-id` of the offer's H.264 that best takes a camera's `profile_level_id`
+/// (the same profile, else the narrowest wider one; the level may differ, RFC 6184 § 8.2.2),
+/// with packetization-mode 1. Chromium without High offers High 4:4:4 Predictive, whose
+/// decoders decode High.
+pub fn answerable_h264_profile(sdp: &str, profile_level_id: &str) -> Option<String> {
+    let camera = profile_level_id.get(..4)?.to_ascii_lowercase();
+    let offered: Vec<String> = media_sections(sdp)
+        .filter(|(kind, port, lines)| *kind == "video" && !rejected(port, lines))
+        .flat_map(|(_, _, lines)| {
+            let h264: Vec<&str> = lines
+                .iter()
+                .filter_map(|line| line.strip_prefix("a=rtpmap:")?.split_once(' '))
+                .filter(|(_, codec)| codec.to_ascii_uppercase().starts_with("H264/"))
+                .map(|(pt, _)| pt)
+                .collect();
+            lines
+                .iter()
+                .filter_map(|line| line.strip_prefix("a=fmtp:")?.split_once(' '))
+                .filter(|(pt, parameters)| {
+                    h264.contains(pt) && parameters.split(';').any(|p| p.trim() == "packetization-mode=1")
+                })
+                .flat_map(|(_, parameters)| {
+                    parameters.split(';').filter_map(|p| p.trim().strip_prefix("profile-level-id="))
+                })
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
         })
-    })
+        .collect();
+    decoders_of(&camera).iter().find_map(|profile| offered.iter().find(|id| id.starts_with(profile))).cloned()
 }
 
 /// Port 0 rejects a section, unless it only means "bundled" (RFC 8843 § 6, `a=bundle-only`).
@@ -135,10 +157,14 @@ mod tests {
         assert!(sends_video(&format!("{offer}a=sendonly\r\n")));
         assert!(!sends_video("v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 0\r\n"), "rejected");
         let chrome = "m=video 9 UDP/TLS/RTP/SAVPF 102 112\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:112 H264/90000\r\na=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n";
-        assert!(offers_h264_profile(chrome, "640028"), "high at another level");
-        assert!(offers_h264_profile(chrome, "42E01F"));
-        assert!(!offers_h264_profile(chrome, "4d0028"), "no main");
-        assert!(!offers_h264_profile(&chrome.replace("H264", "VP8"), "640028"), "not H.264");
+        assert_eq!(answerable_h264_profile(chrome, "640028").as_deref(), Some("64001f"), "high at another level");
+        assert_eq!(answerable_h264_profile(chrome, "42E028").as_deref(), Some("42e01f"));
+        assert_eq!(answerable_h264_profile(chrome, "4d0028").as_deref(), Some("64001f"), "high decoders decode main");
+        assert_eq!(answerable_h264_profile(chrome, "4d4028"), None, "an unknown constraint");
+        assert_eq!(answerable_h264_profile(&chrome.replace("H264", "VP8"), "640028"), None, "not H.264");
+        // Debian's Chromium: no High, but High 4:4:4 Predictive; and mode 0 does not count.
+        let debian = "m=video 9 UDP/TLS/RTP/SAVPF 102 41 43\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:43 H264/90000\r\na=fmtp:43 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=f4001f\r\na=rtpmap:41 H264/90000\r\na=fmtp:41 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f4001f\r\n";
+        assert_eq!(answerable_h264_profile(debian, "640028").as_deref(), Some("f4001f"));
         assert!(!sends_video("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\na=inactive\r\n"));
     }
 

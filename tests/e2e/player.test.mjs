@@ -6,10 +6,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Gateway, freePort } from './lib/gateway.mjs';
+import { Gateway, ROOT, freePort } from './lib/gateway.mjs';
 import { assertClean, launchBrowser, newContext, readPage, screenshot } from './lib/browser.mjs';
 import { assertAdvancing, assertLatency, sleep, waitPlaying, waitViewers } from './lib/checks.mjs';
 import { withSegmentedLoopback } from './lib/network.mjs';
+import { measureAvSync, webDirWithWorklet } from './lib/av-sync.mjs';
+import { startCamera } from './lib/camera.mjs';
 
 const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-e2e-'));
 const gateways = [];
@@ -575,5 +577,89 @@ test('14. a background tab: HLS paused while hidden resumes at the live edge, no
   } finally {
     await context.close();
     await gw.stop();
+  }
+});
+
+test('16. sound: the test tone plays behind an unmute button; listening, it is in sync with the picture: |offset| ≤ 40 ms over WebRTC, ≤ 80 ms over HLS', async () => {
+  // The A/V probe's audio worklet must be one of the page's own scripts.
+  const webDir = webDirWithWorklet(ROOT);
+  const gw = await gateway({ name: 'sound', extraArgs: ['--web-dir', webDir] }).start();
+  const { context, report } = await newContext(browser, gw.origin);
+  try {
+    const sync = {};
+    for (const [mode, path, budget] of [['WebRTC', '/?mode=webrtc', 40], ['HLS', '/?mode=hls', 80]]) {
+      const page = await context.newPage();
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}${path}`);
+      await waitPlaying(page, mode, t0 + 15000, t0);
+      await page.waitForFunction(() => window.livegate.audio, null, { timeout: 5000 })
+        .catch(() => assert.fail(`${mode}: the page never saw the stream's sound`));
+      const before = await page.evaluate(() => ({
+        muted: document.getElementById('video').muted,
+        button: document.getElementById('sound').hidden ? null : document.getElementById('sound').textContent,
+      }));
+      assert.deepEqual(before, { muted: true, button: '🔇 unmute' }, `${mode}: autoplay is muted, and says how to unmute`);
+      if (mode === 'WebRTC') {
+        // Watching only, the picture does not wait for the sound.
+        sync.webrtcMuted = await measureAvSync(page, { ms: 6000 });
+      }
+      await page.click('#sound');
+      const after = await page.evaluate(() => ({ muted: document.getElementById('video').muted, lg: window.livegate.muted }));
+      assert.deepEqual(after, { muted: false, lg: false }, `${mode}: one click unmutes`);
+      let measured;
+      if (mode === 'WebRTC') {
+        await page.waitForFunction(() => window.livegate.lipSync, null, { timeout: 10000 })
+          .catch(() => assert.fail('unmuted, the player never reconnected in lip sync'));
+        // The browser moves the picture towards the sound a step at a time.
+        const windows = [];
+        for (let i = 0; i < 6; i++) {
+          windows.push(await measureAvSync(page, { ms: 6000 }));
+          if (Math.abs(windows[windows.length - 1].offsetMs) <= budget) break;
+        }
+        measured = { ...windows[windows.length - 1], windows: windows.map((w) => w.offsetMs) };
+      } else {
+        measured = await measureAvSync(page, { ms: 8000 });
+      }
+      sync[mode] = measured;
+      log(`${mode}: ${measured.clicks} clicks, sound ${measured.audioMs} ms, picture ${measured.videoMs} ms: offset ${measured.offsetMs} ms${measured.windows ? ` (windows ${measured.windows.join(', ')})` : ''}`);
+      assert.ok(Math.abs(measured.offsetMs) <= budget, `${mode}: A/V offset ${measured.offsetMs} ms, budget ±${budget} ms`);
+      await page.close();
+    }
+    log(`WebRTC muted (no lip sync): sound ${sync.webrtcMuted.audioMs} ms, picture ${sync.webrtcMuted.videoMs} ms`);
+    results.avSync = sync;
+    assertClean(report, assert, 'sound pages');
+  } finally {
+    await context.close();
+    await gw.stop();
+    fs.rmSync(webDir, { recursive: true, force: true });
+  }
+});
+
+test('17. an IP camera forwarded untouched: H.264 high from RTSP plays over WebRTC at the camera\'s size, with its strip and sound', async () => {
+  const camera = await startCamera(await freePort(), ['--profile', 'high', '--size', '1280x720', '--audio', 'aac', '--click', '--strip']);
+  const gw = gateway({ name: 'passthrough', streams: [`cam=${camera.url}`] });
+  try {
+    await gw.start({ timeoutMs: 30000 });
+    const info = (await gw.streams()).find((s) => s.name === 'cam');
+    assert.equal(info.video.transcoded, false, JSON.stringify(info));
+    assert.equal(info.video.profile, 'high');
+    const { context, report } = await newContext(browser, gw.origin);
+    try {
+      const page = await context.newPage();
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}/?stream=cam&mode=webrtc`);
+      const tookMs = await waitPlaying(page, 'WebRTC', t0 + 10000, t0);
+      const motion = await assertAdvancing(page, { ms: 2000, width: 1280, height: 720 });
+      const latency = await assertLatency(page, { maxMs: 1000 });
+      assert.ok(await page.evaluate(() => window.livegate.audio), 'the camera\'s sound is there');
+      results.passthrough = { firstFrameMs: tookMs, ...motion, latency };
+      log(`camera H.264 high forwarded: playing after ${tookMs} ms, ${motion.fps} fps, latency ${latency.displayed} ms`);
+      assertClean(report, assert, 'passthrough page');
+    } finally {
+      await context.close();
+    }
+  } finally {
+    await gw.stop();
+    await camera.stop();
   }
 });

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,7 +175,11 @@ impl SharedPort {
         routes.next_peer += 1;
         let peer = routes.next_peer;
         routes.peers.insert(peer, PeerRoutes::default());
-        (Arc::new(PeerRuntime { port: self.clone(), peer }), PeerLease { port: self.clone(), peer })
+        let video_ssrc = Arc::new(AtomicU32::new(0));
+        (
+            Arc::new(PeerRuntime { port: self.clone(), peer, video_ssrc: video_ssrc.clone() }),
+            PeerLease { port: self.clone(), peer, video_ssrc },
+        )
     }
 
     fn register(&self, peer: PeerId, ufrag: &str, password: &str) -> Result<(), SharedPortError> {
@@ -222,6 +226,8 @@ impl SharedPort {
 pub struct PeerLease {
     port: Arc<SharedPort>,
     peer: PeerId,
+    /// The SSRC whose frames leave in one send; 0 until it is known.
+    video_ssrc: Arc<AtomicU32>,
 }
 
 impl PeerLease {
@@ -233,6 +239,12 @@ impl PeerLease {
     /// `a=ice-pwd` of the peer's answer) to this peer.
     pub fn register(&self, ufrag: &str, password: &str) -> Result<(), SharedPortError> {
         self.port.register(self.peer, ufrag, password)
+    }
+
+    /// The peer's video goes out with `ssrc`: its frames are gathered into one send. Other RTP
+    /// (the sound) leaves packet by packet, as it comes.
+    pub fn gather_frames_of(&self, ssrc: u32) {
+        self.video_ssrc.store(ssrc, Ordering::Relaxed);
     }
 }
 
@@ -247,6 +259,7 @@ impl Drop for PeerLease {
 struct PeerRuntime {
     port: Arc<SharedPort>,
     peer: PeerId,
+    video_ssrc: Arc<AtomicU32>,
 }
 
 impl PeerRuntime {
@@ -279,7 +292,7 @@ impl Runtime for PeerRuntime {
         let local = socket.local_addr()?;
         drop(socket);
         let received = self.add_inbox(local, |peer| &mut peer.datagrams, udp::INBOX)?;
-        Ok(Arc::new(udp::PeerSocket::new(self.port.clone(), self.peer, local, received)))
+        Ok(Arc::new(udp::PeerSocket::new(self.port.clone(), self.peer, local, received, self.video_ssrc.clone())))
     }
 
     fn wrap_tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Arc<dyn AsyncTcpListener>> {

@@ -7,12 +7,13 @@
 //! webrtc-rs hands its socket one datagram at a time (it only batches runs of 16 or more), so
 //! each peer's socket holds the SRTP packets of a frame, which share a destination and all but
 //! the last a size, until the one with the RTP marker bit (the frame's last; SRTP leaves the
-//! header in clear) or anything else comes. The frame cannot be decoded before its last packet
-//! anyway, and they come microseconds apart. Retransmissions go at once.
+//! header in clear) or anything but RTP comes. The frame cannot be decoded before its last
+//! packet anyway, and they come microseconds apart. Only the video's SSRC is gathered: sound
+//! has no frames to wait for. Retransmissions go at once.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -141,6 +142,8 @@ pub(super) struct PeerSocket {
     source: Option<IpAddr>,
     received: Mutex<mpsc::Receiver<Datagram>>,
     frame: Mutex<Run>,
+    /// The SSRC whose frames are gathered (`PeerLease::gather_frames_of`); 0: none yet.
+    video_ssrc: Arc<AtomicU32>,
 }
 
 /// Datagrams for one destination waiting to leave together: `segment` bytes each, the last
@@ -159,13 +162,25 @@ struct Run {
 const GSO_SEGMENTS: usize = 64;
 const GSO_BYTES: usize = 65_000;
 
-/// An (S)RTP datagram's marker bit (the end of a frame) and sequence number, or `None` if it
-/// is not RTP (STUN, DTLS, RTCP).
-fn rtp_header(datagram: &[u8]) -> Option<(bool, u16)> {
+/// What an (S)RTP header says in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RtpHeader {
+    /// The end of a frame.
+    marker: bool,
+    sequence: u16,
+    ssrc: u32,
+}
+
+/// An (S)RTP datagram's header, or `None` if it is not RTP (STUN, DTLS, RTCP).
+fn rtp_header(datagram: &[u8]) -> Option<RtpHeader> {
     let header = datagram.get(..12)?;
     // Version 2, and not an RTCP packet type (200-206 read as marker + payload type 72-78).
     let rtp = header[0] >> 6 == 2 && !(64..=95).contains(&(header[1] & 0x7f));
-    rtp.then(|| (header[1] & 0x80 != 0, u16::from_be_bytes([header[2], header[3]])))
+    rtp.then(|| RtpHeader {
+        marker: header[1] & 0x80 != 0,
+        sequence: u16::from_be_bytes([header[2], header[3]]),
+        ssrc: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
+    })
 }
 
 impl Run {
@@ -203,9 +218,10 @@ impl PeerSocket {
         peer: PeerId,
         local: SocketAddr,
         received: mpsc::Receiver<Datagram>,
+        video_ssrc: Arc<AtomicU32>,
     ) -> PeerSocket {
         let source = port.udp.local.ip().is_unspecified().then_some(local.ip());
-        PeerSocket { port, peer, local, source, received: Mutex::new(received), frame: Mutex::default() }
+        PeerSocket { port, peer, local, source, received: Mutex::new(received), frame: Mutex::default(), video_ssrc }
     }
 
     fn send(
@@ -247,13 +263,19 @@ impl AsyncUdpSocket for PeerSocket {
         // The newest sequence number of what webrtc-rs batched itself is its last datagram's.
         let last = transmit.segment_size.map_or(0, |size| (transmit.contents.len() - 1) / size * size);
         let rtp = rtp_header(&transmit.contents[last..]);
+        let send_now = || self.send(transmit.destination, transmit.ecn, transmit.contents, transmit.segment_size);
+        let video_ssrc = self.video_ssrc.load(Ordering::Relaxed);
+        // Sound (or video before its SSRC is known) goes as it comes, past any frame held.
+        if rtp.is_some_and(|header| header.ssrc != video_ssrc) {
+            return Poll::Ready(send_now());
+        }
         // A retransmission answers a NACK: it goes at once, not with the next frame.
-        let in_order = rtp.is_some_and(|(_, sequence)| run.newest.is_none_or(|newest| newer(sequence, newest)));
+        let in_order = rtp.is_some_and(|header| run.newest.is_none_or(|newest| newer(header.sequence, newest)));
         if in_order {
-            run.newest = rtp.map(|(_, sequence)| sequence);
+            run.newest = rtp.map(|header| header.sequence);
         }
         let gathered = rtp.filter(|_| in_order && max_segments > 1 && transmit.segment_size.is_none());
-        let Some((marker, _)) = gathered else {
+        let Some(RtpHeader { marker, .. }) = gathered else {
             self.flush(&mut run);
             return Poll::Ready(self.send(
                 transmit.destination,
@@ -314,18 +336,28 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// An SRTP-like datagram: an RTP header with `sequence` and `marker`, then `len - 12` bytes.
-    fn rtp(len: usize, sequence: u16, marker: bool) -> Vec<u8> {
+    const VIDEO: u32 = 0x0102_0304;
+    const SOUND: u32 = 0x0a0b_0c0d;
+
+    /// An SRTP-like datagram: an RTP header with `sequence`, `marker` and `ssrc`, then `len - 12`
+    /// bytes.
+    fn rtp_of(ssrc: u32, len: usize, sequence: u16, marker: bool) -> Vec<u8> {
         let mut datagram = vec![0u8; len];
         (datagram[0], datagram[1]) = (0x80, 102 | if marker { 0x80 } else { 0 });
         datagram[2..4].copy_from_slice(&sequence.to_be_bytes());
+        datagram[8..12].copy_from_slice(&ssrc.to_be_bytes());
         datagram
+    }
+
+    fn rtp(len: usize, sequence: u16, marker: bool) -> Vec<u8> {
+        rtp_of(VIDEO, len, sequence, marker)
     }
 
     #[test]
     fn tells_rtp_and_its_marker_from_rtcp_dtls_and_stun() {
-        assert_eq!(rtp_header(&rtp(100, 7, false)), Some((false, 7)));
-        assert_eq!(rtp_header(&rtp(100, 8, true)), Some((true, 8)));
+        let header = |marker, sequence| Some(RtpHeader { marker, sequence, ssrc: VIDEO });
+        assert_eq!(rtp_header(&rtp(100, 7, false)), header(false, 7));
+        assert_eq!(rtp_header(&rtp(100, 8, true)), header(true, 8));
         assert_eq!(rtp_header(&[0x81, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0]), None, "a sender report");
         assert_eq!(rtp_header(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None, "DTLS");
         assert_eq!(rtp_header(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), None, "STUN");
@@ -339,7 +371,8 @@ mod tests {
             eprintln!("no UDP GSO on this kernel: nothing to test");
             return;
         }
-        let (runtime, _lease) = port.peer();
+        let (runtime, lease) = port.peer();
+        lease.gather_frames_of(VIDEO);
         let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let to = client.local_addr().unwrap();
@@ -350,6 +383,16 @@ mod tests {
             let nothing_yet = tokio::time::timeout(Duration::from_millis(20), client.recv_from(&mut buf)).await;
             if i < frame.len() - 1 {
                 assert!(nothing_yet.is_err(), "datagram {i} waits for the end of its frame");
+                if i == 1 {
+                    // Sound in the middle of a frame passes it, and does not break it up.
+                    let sound = rtp_of(SOUND, 90, 500, false);
+                    socket.send_to(&sound, to).await.unwrap();
+                    let (len, _) = tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut buf))
+                        .await
+                        .expect("sound goes at once")
+                        .unwrap();
+                    assert_eq!(len, 90);
+                }
             } else {
                 // The first has come; the rest follow as separate datagrams (the kernel splits).
                 let (len, _) = nothing_yet.expect("the marker sends the frame").unwrap();
