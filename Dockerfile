@@ -27,7 +27,14 @@
 #   vah264enc          libgstva.so                gstreamer1.0-plugins-bad
 #   nvh264enc          libgstnvcodec.so           gstreamer1.0-plugins-bad
 #   x264enc            libgstx264.so              gstreamer1.0-plugins-ugly
-#   avdec_h264         libgstlibav.so             gstreamer1.0-libav
+#   avdec_h264 avenc_aac avdec_aac
+#                      libgstlibav.so             gstreamer1.0-libav
+#   audiotestsrc       libgstaudiotestsrc.so      gstreamer1.0-plugins-base
+#   audioconvert audioresample audiomixer opusenc
+#                      libgstaudio*.so libgstopus.so gstreamer1.0-plugins-base
+#   rtpopuspay aacparse (rtp, audioparsers); pulsesrc
+#                      libgstrtp.so libgstaudioparsers.so libgstpulseaudio.so gstreamer1.0-plugins-good
+#   alsasrc            libgstalsa.so              gstreamer1.0-alsa
 #   vaapih264enc       libgstvaapi.so             gstreamer1.0-vaapi (optional:
 #                      --build-arg WITH_VAAPI=1)
 # Hardware encoders also need the host's driver stack (VA-API driver, NVIDIA
@@ -73,14 +80,16 @@ RUN apt-get update \
       gstreamer1.0-plugins-bad \
       gstreamer1.0-plugins-ugly \
       gstreamer1.0-libav \
+      gstreamer1.0-alsa \
  && if [ "${WITH_VAAPI}" = "1" ]; then \
       apt-get install -y --no-install-recommends gstreamer1.0-vaapi; \
     fi \
  && rm -rf /var/lib/apt/lists/*
 # Fixed uid/gid 10001 (matches runAsUser in k8s/), member of "video"
-# (gid 44 on Debian) so it can open /dev/videoN.
+# (gid 44 on Debian) so it can open /dev/videoN, and of "audio" (gid 29) for a
+# camera's microphone, /dev/snd/*.
 RUN groupadd --system --gid 10001 livegate \
- && useradd --system --uid 10001 --gid 10001 --groups video \
+ && useradd --system --uid 10001 --gid 10001 --groups video,audio \
       --home-dir /var/lib/livegate --no-create-home --shell /usr/sbin/nologin livegate \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/livegate /var/lib/livegate/hls /var/lib/livegate/state \
  && install -d -m 0755 /etc/livegate

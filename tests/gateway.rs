@@ -138,7 +138,7 @@ async fn bad_http_input_gets_clear_answers() {
 
     let garbage = whep("live", "application/sdp", "hello".into()).await.unwrap();
     assert_eq!(garbage.status(), 400);
-    assert!(garbage.text().await.unwrap().contains("H.264 constrained-baseline"));
+    assert!(garbage.text().await.unwrap().contains("H.264 video with packetization-mode=1 (constrained baseline"));
 
     let vp8_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
                     c=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n";
@@ -206,7 +206,7 @@ async fn bad_websocket_input_gets_an_error_then_close() {
     let too_large = ws_error_for(&gateway, "/ws/live", text(&huge)).await;
     assert!(too_large.contains("over the 65536-byte limit"), "{too_large}");
     let bad_offer = ws_error_for(&gateway, "/ws/live", text(r#"{"type":"offer","sdp":"v=0"}"#)).await;
-    assert!(bad_offer.contains("constrained-baseline"), "{bad_offer}");
+    assert!(bad_offer.contains("constrained baseline"), "{bad_offer}");
 
     // A second offer on a socket that already has a session.
     let viewer = Viewer::new();

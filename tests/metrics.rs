@@ -82,8 +82,16 @@ async fn metrics_pass_promtool_and_follow_a_viewer_joining_and_leaving() {
     let deleted = client().delete(gateway.url(&location)).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
     gateway.wait_for_viewers("live", 0, Duration::from_secs(5)).await;
-    let playlist = client().get(gateway.url("/hls/live/index.m3u8")).bearer_auth(ADMIN).send().await.unwrap();
-    assert_eq!(playlist.status(), 200);
+    // The first segment may still be on its way: until then the playlist is 404.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let playlist = client().get(gateway.url("/hls/live/index.m3u8")).bearer_auth(ADMIN).send().await.unwrap();
+        if playlist.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no HLS playlist: {}", playlist.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = scrape(&gateway).await;
     promtool(&after);
     assert_eq!(value(&after, r#"livegate_webrtc_viewers{stream="live",signalling="whep",transport="udp"}"#), 0.0);

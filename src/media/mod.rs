@@ -318,6 +318,15 @@ impl MediaStream {
     /// fed by the source or the slate.
     async fn supervise(self: Arc<Self>, options: StreamOptions, shutdown: CancellationToken) {
         tracing::info!(stream = %self.name, source = %self.source, "stream starting");
+        // Sound the configuration promises is in the first encoding part: no rebuild at start.
+        let declared = source::SourceOptions {
+            video: &self.video,
+            audio: options.audio == AudioMode::Auto,
+            audio_device: options.audio_device.as_ref(),
+        };
+        if source::declared_audio(&self.source, declared) == Some(true) {
+            self.had_audio.store(true, Ordering::Relaxed);
+        }
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let started = Instant::now();

@@ -77,14 +77,15 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
             let tone = format!(
                 " audiotestsrc is-live=true wave=sine freq=440 volume=0.1 samplesperbuffer=480 ! capsfilter name={AUDIO_OUTPUT} caps=\"{AUDIO_CAPS}\""
             );
+            let audio = declared_audio(source, options) == Some(true);
             SourceBin::Launch {
                 description: format!(
                     "videotestsrc is-live=true pattern=smpte horizontal-speed=2 ! {}{}",
                     target_caps(video),
-                    if options.audio { tone.as_str() } else { "" }
+                    if audio { tone.as_str() } else { "" }
                 ),
                 clock: CaptureClock::Now,
-                audio: options.audio,
+                audio,
             }
         }
         Source::V4l2 { device } => {
@@ -117,7 +118,7 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
         }
         Source::Gst { launch } => {
             let named = names_audio_element(launch);
-            let audio = options.audio && named;
+            let audio = declared_audio(source, options) == Some(true);
             // Sound that is not wanted still needs somewhere to go, or its source fails.
             let audio_chain = match (named, audio) {
                 (true, true) => format!(" {GST_AUDIO_ELEMENT}. ! {}", normalise_audio()),
@@ -131,6 +132,22 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
             }
         }
     })
+}
+
+/// Whether the source has sound, when its configuration alone says; `None` when only the source
+/// can tell, once opened (an RTSP camera, a file).
+pub fn declared_audio(source: &Source, options: SourceOptions<'_>) -> Option<bool> {
+    if !options.audio {
+        return Some(false);
+    }
+    match source {
+        Source::Test => Some(true),
+        Source::Gst { launch } => Some(names_audio_element(launch)),
+        Source::V4l2 { device } => {
+            Some(options.audio_device.is_some_and(|chosen| microphone(device, chosen).is_some()))
+        }
+        Source::Rtsp { .. } | Source::File { .. } => None,
+    }
 }
 
 /// Whether a launch fragment has an element named `audio` (`… name=audio …`).

@@ -5,11 +5,18 @@ usage: rtsp_server.py PORT [--path /cam] [--video h264|h265]
                            [--profile constrained-baseline|baseline|main|high]
                            [--size WxH] [--fps N] [--bitrate KBPS] [--gop FRAMES]
                            [--bframes N] [--audio none|aac|opus] [--click] [--strip]
+                           [--pattern NAME[,PROP=VALUE...]]
 
 Serves rtsp://127.0.0.1:PORT/cam (or --path) until killed and prints "ready" once it
 listens. With no flags it is the camera the tests have always used: 640x360 at 30 fps,
 H.264 from x264enc tuned for zero latency, a keyframe every 30 frames, no audio.
 --bframes without --profile implies main; x264 writes "baseline" as Constrained Baseline.
+
+--pattern picks the picture (any videotestsrc pattern, with videotestsrc properties after it):
+the ball compresses to ~0.2 Mbit/s at 1080p whatever --bitrate says, while a real camera spends
+its whole budget. `zone-plate,kx2=20,ky2=20,kt=1` (moving rings) makes x264 reach --bitrate with
+keyframes ~6x the size of the other frames, as cameras do; `smpte` reaches it too (its noise
+patch) for half the CPU, but with keyframes barely larger than the rest.
 
 --strip draws the latency strip (docs/latency-strip.md) carrying each frame's capture
 time; --click overwrites the first 5 ms of every wall-clock second of the audio with a
@@ -283,6 +290,21 @@ def positive(text):
     return value
 
 
+def pattern(text):
+    """`NAME[,PROP=VALUE...]` -> the videotestsrc properties, checked against the element."""
+    name, *settings = text.split(",")
+    if not has_enum_value("videotestsrc", "pattern", name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a videotestsrc pattern")
+    source = Gst.ElementFactory.make("videotestsrc", None)
+    for setting in settings:
+        prop, _, value = setting.partition("=")
+        if prop in ("pattern", "is-live") or not source.find_property(prop):
+            raise argparse.ArgumentTypeError(f"{prop!r} is not a videotestsrc property to set here")
+        if not value or not all(c.isalnum() or c in "-.+" for c in value):
+            raise argparse.ArgumentTypeError(f"{setting!r}: expected PROP=VALUE")
+    return " ".join([f"pattern={name}", *settings])
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="A live RTSP test camera.")
     parser.add_argument("port", help="TCP port to listen on, on 127.0.0.1")
@@ -305,6 +327,9 @@ def parse_args(argv):
     parser.add_argument("--click", action="store_true",
                         help="a 5 ms click at the start of each wall-clock second")
     parser.add_argument("--strip", action="store_true", help="draw the latency strip")
+    parser.add_argument("--pattern", type=pattern, default="ball", metavar="NAME[,PROP=VALUE...]",
+                        help="videotestsrc pattern and properties, e.g. zone-plate,kx2=20,ky2=20,kt=1"
+                        " (default ball)")
     args = parser.parse_args(argv)
     if not args.path.startswith("/"):
         parser.error("--path must start with /")
@@ -332,7 +357,7 @@ def video_branch(args):
     # no camera sends; otherwise the format is left to negotiation, as it always was.
     raw = "video/x-raw,format=I420" if args.strip or args.video == "h265" else "video/x-raw"
     raw += f",width={width},height={height},framerate={args.fps}/1"
-    source = f"videotestsrc is-live=true pattern=ball ! capsfilter name=vraw caps={raw}"
+    source = f"videotestsrc is-live=true {args.pattern} ! capsfilter name=vraw caps={raw}"
     bitrate = f" bitrate={args.bitrate}" if args.bitrate else ""
     # tune=zerolatency forces B-frames off, so cameras with B-frames do without it.
     zerolatency = "" if args.bframes else " tune=zerolatency"

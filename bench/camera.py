@@ -1,0 +1,817 @@
+#!/usr/bin/python3
+"""Benchmark: an IP camera forwarded by livegate without re-encoding.
+
+    scripts/netns-run /usr/bin/python3 bench/camera.py [--rounds 3] [--seconds 20] [--json FILE]
+
+The camera is tests/support/rtsp_server.py: 1920x1080 at 30 fps, H.264 main, 4 Mbit/s, a
+keyframe every second, AAC, and the latency strip (docs/latency-strip.md) carrying each frame's
+capture time. Everything runs on this machine, on 127.0.0.1, so the strip of a decoded frame
+gives its latency directly (wall clock now - capture time).
+
+  (a) direct:  the camera read by rtspsrc latency=0, decoded here;
+  (b) gateway: the same camera through livegate --transcode auto (forwarded as it is), read over
+               WHEP by webrtcbin and decoded by the same chain, with one HLS reader (ffmpeg,
+               copying, not decoding) fetching at the same time.
+
+(a) and (b) alternate, round after round, so drifts in machine load hit both; (b) - (a) is what
+the hop through livegate adds. Then livegate --transcode always (decode, scale, x264) serves
+the same two viewers, for its CPU cost. CPU is measured from /proc/PID/stat over each window.
+
+Prints progress on stderr, then a JSON summary and Markdown tables on stdout.
+Environment: LIVEGATE_BIN (default target/release/livegate).
+"""
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CAMERA_SCRIPT = ROOT / "tests/support/rtsp_server.py"
+STREAM = "cam"
+WIDTH, HEIGHT, FPS = 1920, 1080, 30
+
+# The strip (docs/latency-strip.md).
+CELLS = 48
+VALUE_MOD = 1 << 40
+MAX_PLAUSIBLE_MS = 600_000
+
+# Everything after the depayloader is shared by both readers, so decoding costs them the same.
+DECODE = (
+    "rtph264depay name=depay ! h264parse ! avdec_h264 ! videoconvert"
+    " ! video/x-raw,format=I420 ! appsink name=out sync=false emit-signals=true"
+)
+# One transceiver offering every profile a camera may send: livegate answers the camera's own
+# and refuses (406) an offer that has none like it.
+H264_PROFILES = ("42e01f", "4d001f", "64001f", "f4001f")
+ELEMENTS = (
+    "rtspsrc", "rtph264depay", "h264parse", "avdec_h264", "videoconvert", "appsink", "webrtcbin",
+    "nicesrc", "dtlssrtpdec", "rtpopusdepay", "x264enc", "voaacenc", "videotestsrc",
+)
+
+
+def fail(message):
+    sys.exit(f"bench/camera.py: {message}")
+
+
+def log(message):
+    print(f"[camera-bench {time.monotonic() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+STARTED = time.monotonic()
+
+try:
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstSdp", "1.0")
+    gi.require_version("GstVideo", "1.0")
+    gi.require_version("GstWebRTC", "1.0")
+    from gi.repository import Gst, GstSdp, GstVideo, GstWebRTC  # noqa: E402
+except (ImportError, ValueError) as err:
+    fail(f"{err}: run with /usr/bin/python3 and install python3-gi, gir1.2-gstreamer-1.0, "
+         "gir1.2-gst-plugins-base-1.0 and gir1.2-gst-plugins-bad-1.0")
+
+
+# --- Statistics -----------------------------------------------------------------------------
+
+
+def percentile(values, p):
+    """Nearest rank, as bench/lib/stats.mjs does."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = max(1, -(-p * len(ordered) // 100))
+    return ordered[min(len(ordered), rank) - 1]
+
+
+def summary(values):
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "min": None, "max": None}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), 1),
+        "p95": round(percentile(values, 95), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
+
+
+# --- CPU ------------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_ticks(pid):
+    """utime + stime of every thread of pid (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_ticks():
+    """(busy, total) ticks of every CPU: busy is all but idle and iowait."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - values[3] - values[4], total
+
+
+class CpuWindow:
+    """Cores each process used between start() and stop(), summed over several windows."""
+
+    def __init__(self):
+        self.ticks = {}
+        self.seconds = 0.0
+        self.machine = [0, 0]
+        self._start = None
+
+    def start(self, pids):
+        self._start = (time.monotonic(), {n: process_ticks(p) for n, p in pids.items()}, machine_ticks(), pids)
+
+    def stop(self):
+        began, ticks, (busy, total), pids = self._start
+        self.seconds += time.monotonic() - began
+        for name, pid in pids.items():
+            self.ticks[name] = self.ticks.get(name, 0) + process_ticks(pid) - ticks[name]
+        now_busy, now_total = machine_ticks()
+        self.machine[0] += now_busy - busy
+        self.machine[1] += now_total - total
+
+    def cores(self):
+        if not self.seconds:
+            return {}
+        result = {name: round(t / CLK_TCK / self.seconds, 3) for name, t in self.ticks.items()}
+        if self.machine[1]:
+            result["machine"] = round(os.cpu_count() * self.machine[0] / self.machine[1], 3)
+        return result
+
+
+# --- The latency strip ----------------------------------------------------------------------
+
+
+def crc8(data):
+    """CRC-8/SMBUS: polynomial 0x07, init 0, no reflection, no final XOR."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+class StripDecoder:
+    """Reads the strip the camera drew on a frame `source_width` wide.
+
+    A transcoding gateway scales the frame (and the strip with it) without redrawing it, so the
+    cells are placed by the camera's width, scaled to the decoded one; when the two are equal
+    this is exactly the spec's decoder (central half of each cell, luma above 128 is 1).
+    """
+
+    def __init__(self, source_width):
+        self.source_cell = source_width // CELLS
+        self.source_width = source_width
+        self.caps = None
+
+    def _layout(self, caps):
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        cell = self.source_cell * info.width / self.source_width
+        lo, hi = round(cell / 4), max(round(cell / 4) + 1, round(3 * cell / 4))
+        self.stride = info.stride[0]
+        self.rows = range(lo, hi)
+        self.columns = [(int(k * cell) + lo, int(k * cell) + hi) for k in range(CELLS)]
+        self.threshold = 128 * (hi - lo) * (hi - lo)
+        self.extent = hi * self.stride
+        self.caps = caps
+
+    def read(self, sample):
+        """The frame's capture time in ms mod 2^40, or None when the CRC does not match."""
+        caps = sample.get_caps()
+        if self.caps is None or not caps.is_equal(self.caps):
+            self._layout(caps)
+        data = sample.get_buffer().extract_dup(0, self.extent)
+        lines = [data[y * self.stride:(y + 1) * self.stride] for y in self.rows]
+        word = 0
+        for x0, x1 in self.columns:
+            word = word << 1 | (sum(sum(line[x0:x1]) for line in lines) > self.threshold)
+        value, crc = word >> 8, word & 0xFF
+        return value if crc8(value.to_bytes(5, "big")) == crc else None
+
+
+# --- Readers ----------------------------------------------------------------------------------
+
+_gobject = ctypes.CDLL("libgobject-2.0.so.0")
+_gobject.g_object_ref.restype = ctypes.c_void_p
+_gobject.g_object_ref.argtypes = [ctypes.c_void_p]
+ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+class Reader:
+    """Decodes H.264 RTP with DECODE and turns each frame's strip into a latency sample.
+
+    Also notes when each access unit left the depayloader (the frame's last packet arrived), so
+    a latency splits into capture -> arrival and arrival -> decoded.
+    """
+
+    def __init__(self, name, source_width):
+        self.name = name
+        self.strip = StripDecoder(source_width)
+        self.pipeline = Gst.Pipeline.new(name)
+        self.lock = threading.Lock()
+        self.recording = False
+        self.first_frame = threading.Event()
+        self.samples = []  # (latency ms, arrival ms)
+        self.frames = self.unreadable = self.h264_bytes = self.audio_packets = 0
+        self.arrivals = {}  # PTS -> wall-clock ms when the access unit left the depayloader
+
+    def decode_bin(self):
+        decode = Gst.parse_bin_from_description(DECODE, True)
+        decode.get_by_name("out").connect("new-sample", self._on_sample)
+        depay = decode.get_by_name("depay").get_static_pad("src")
+        depay.add_probe(Gst.PadProbeType.BUFFER, self._on_access_unit)
+        return decode
+
+    def _on_access_unit(self, _pad, info):
+        buffer = info.get_buffer()
+        with self.lock:
+            if len(self.arrivals) > 300:  # frames the decoder never output
+                self.arrivals.clear()
+            self.arrivals[buffer.pts] = time.time_ns() / 1e6
+            if self.recording:
+                self.h264_bytes += buffer.get_size()
+        return Gst.PadProbeReturn.OK
+
+    def _on_sample(self, sink):
+        now_ns = time.time_ns()
+        sample = sink.emit("pull-sample")
+        value = self.strip.read(sample)
+        with self.lock:
+            arrived = self.arrivals.pop(sample.get_buffer().pts, None)
+            if value is None:
+                self.unreadable += self.recording
+                return Gst.FlowReturn.OK
+            latency = (now_ns // 1_000_000 - value) % VALUE_MOD + now_ns % 1_000_000 / 1e6
+            if latency > MAX_PLAUSIBLE_MS:
+                self.unreadable += self.recording
+                return Gst.FlowReturn.OK
+            self.first_frame.set()
+            if self.recording:
+                self.frames += 1
+                transit = None if arrived is None else latency - (now_ns / 1e6 - arrived)
+                self.samples.append((latency, transit))
+        return Gst.FlowReturn.OK
+
+    def _on_audio(self, _pad, _info):
+        if self.recording:
+            self.audio_packets += 1
+        return Gst.PadProbeReturn.OK
+
+    def link_audio(self, pad):
+        sink = Gst.ElementFactory.make("fakesink")
+        sink.set_property("sync", False)
+        sink.set_property("async", False)
+        self.pipeline.add(sink)
+        sink.sync_state_with_parent()
+        pad.link(sink.get_static_pad("sink"))
+        pad.add_probe(Gst.PadProbeType.BUFFER, self._on_audio)
+
+    def link_video(self, pad):
+        decode = self.decode_bin()
+        self.pipeline.add(decode)
+        decode.sync_state_with_parent()
+        pad.link(decode.get_static_pad("sink"))
+
+    def check(self):
+        message = self.pipeline.get_bus().pop_filtered(Gst.MessageType.ERROR)
+        if message:
+            err, debug = message.parse_error()
+            raise RuntimeError(f"{self.name}: {err.message} ({debug})")
+
+    def wait_first_frame(self, timeout):
+        deadline = time.monotonic() + timeout
+        while not self.first_frame.wait(0.1):
+            self.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no frame with a readable strip within {timeout} s")
+
+    def record(self, on):
+        with self.lock:
+            self.recording = on
+
+    def stop(self):
+        self.pipeline.set_state(Gst.State.NULL)
+
+
+class DirectReader(Reader):
+    """(a) The camera itself: rtspsrc latency=0, as close to the camera as a viewer gets."""
+
+    def __init__(self, url):
+        super().__init__("direct", WIDTH)
+        source = Gst.ElementFactory.make("rtspsrc")
+        source.set_property("location", url)
+        source.set_property("latency", 0)
+        source.connect("pad-added", self._on_pad)
+        self.pipeline.add(source)
+
+    def _on_pad(self, _source, pad):
+        media = pad.get_current_caps().get_structure(0).get_string("media")
+        (self.link_video if media == "video" else self.link_audio)(pad)
+
+    def start(self):
+        self.pipeline.set_state(Gst.State.PLAYING)
+
+
+class WhepReader(Reader):
+    """(b) A WHEP viewer on webrtcbin: recvonly H.264 (every profile) and Opus."""
+
+    def __init__(self, gateway, source_width):
+        super().__init__("whep", source_width)
+        self.gateway = gateway
+        self.location = None
+        self.webrtc = Gst.ElementFactory.make("webrtcbin")
+        self.webrtc.set_property("bundle-policy", GstWebRTC.WebRTCBundlePolicy.MAX_BUNDLE)
+        # Its jitterbuffer waits up to this long for missing packets, like rtspsrc's in (a).
+        self.webrtc.set_property("latency", 0)
+        # libnice never gathers on loopback by itself; told an address, it gathers on that only.
+        ice = self.webrtc.get_property("ice-agent")
+        # PyGObject takes webrtcbin's own reference to its agent and drops it with the wrapper
+        # (webrtcbin then crashes on a freed agent): give it a reference of its own first.
+        _gobject.g_object_ref(ctypes.pythonapi.PyCapsule_GetPointer(ice.__gpointer__, None))
+        ice.emit("add-local-ip-address", "127.0.0.1")
+        self.pipeline.add(self.webrtc)
+        video = ";".join(
+            "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,"
+            f"payload={102 + i},packetization-mode=(string)1,profile-level-id=(string){plid}"
+            for i, plid in enumerate(H264_PROFILES)
+        )
+        audio = ("application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,"
+                 "encoding-params=(string)2,payload=111")
+        recvonly = GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY
+        for caps in (video, audio):
+            self.webrtc.emit("add-transceiver", recvonly, Gst.Caps.from_string(caps))
+        self.webrtc.connect("pad-added", self._on_pad)
+
+    def _on_pad(self, _webrtc, pad):
+        if pad.get_direction() != Gst.PadDirection.SRC:
+            return
+        media = pad.get_current_caps().get_structure(0).get_string("media")
+        (self.link_video if media == "video" else self.link_audio)(pad)
+
+    def start(self):
+        self.pipeline.set_state(Gst.State.PLAYING)
+        promise = Gst.Promise.new()
+        self.webrtc.emit("create-offer", None, promise)
+        promise.wait()
+        reply = promise.get_reply()  # owns the offer: keep it referenced while the offer is used
+        offer = reply.get_value("offer")
+        self.webrtc.emit("set-local-description", offer, None)
+        # No trickle: the offer goes out with every candidate in it.
+        deadline = time.monotonic() + 10
+        while self.webrtc.get_property("ice-gathering-state") != GstWebRTC.WebRTCICEGatheringState.COMPLETE:
+            if time.monotonic() > deadline:
+                raise RuntimeError("webrtcbin never finished gathering candidates")
+            time.sleep(0.02)
+        sdp = self.webrtc.get_property("local-description").sdp.as_text()
+        status, headers, body = self.gateway.request("POST", f"/whep/{STREAM}", sdp.encode(),
+                                                     {"Content-Type": "application/sdp"})
+        if status != 201:
+            raise RuntimeError(f"WHEP POST answered {status}: {body.decode(errors='replace')}")
+        self.location = headers.get("Location")
+        result, message = GstSdp.SDPMessage.new_from_text(body.decode())
+        if result != GstSdp.SDPResult.OK:
+            raise RuntimeError("the WHEP answer is not SDP")
+        answer = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.ANSWER, message)
+        self.webrtc.emit("set-remote-description", answer, None)
+
+    def stop(self):
+        if self.location:
+            try:
+                self.gateway.request("DELETE", self.location)
+            except OSError:
+                pass  # the session times out by itself
+        super().stop()
+
+
+class HlsReader:
+    """One HLS viewer: ffmpeg fetching the playlist and segments, copying rather than decoding
+    (the gateway's cost is serving them, and decoding here would only load the machine)."""
+
+    def __init__(self, url, folder):
+        self.progress = Path(folder) / "hls-progress.txt"
+        self.errors = open(Path(folder) / "hls-ffmpeg.log", "ab")
+        self.process = spawn(
+            ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-tls_verify", "0",
+             "-i", url, "-map", "0", "-c", "copy", "-f", "mpegts", "-y", "/dev/null",
+             "-progress", str(self.progress)],
+            stdout=subprocess.DEVNULL, stderr=self.errors,
+        )
+
+    def read_progress(self):
+        """(frames, bytes) fetched so far, from ffmpeg's last -progress block."""
+        try:
+            text = self.progress.read_text()
+        except FileNotFoundError:
+            return 0, 0
+        frames = re.findall(r"^frame=(\d+)", text, re.M)
+        size = re.findall(r"^total_size=(\d+)", text, re.M)
+        return int(frames[-1]) if frames else 0, int(size[-1]) if size else 0
+
+    def stop(self):
+        alive = self.process.poll() is None
+        stop_process(self.process)
+        self.errors.close()
+        return alive
+
+
+# --- Processes --------------------------------------------------------------------------------
+
+
+def spawn(command, **kwargs):
+    """Popen, with the child told to end if this script dies without cleaning up (a crash in
+    GStreamer would otherwise leave a camera burning a core)."""
+    guard = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
+    return subprocess.Popen(guard + command, **kwargs)
+
+
+def stop_process(process, timeout=5):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def free_port():
+    """A port free for both TCP and UDP on 127.0.0.1 (free now; nobody else runs here)."""
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    fail("no free port on 127.0.0.1")
+
+
+def tail(path, lines=20):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Camera:
+    def __init__(self, args, folder):
+        self.port = free_port()
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
+        self.log_path = Path(folder) / "camera.log"
+        self.command = [
+            "/usr/bin/python3", str(CAMERA_SCRIPT), str(self.port), "--size", f"{WIDTH}x{HEIGHT}",
+            "--fps", str(FPS), "--profile", args.profile, "--bitrate", str(args.bitrate),
+            "--gop", str(FPS), "--audio", "aac", "--strip", "--pattern", args.pattern,
+        ]
+        with open(self.log_path, "ab") as errors:
+            self.process = spawn(self.command, stdout=subprocess.PIPE, stderr=errors)
+        ready = self.process.stdout.readline()
+        if ready.strip() != b"ready":
+            stop_process(self.process)
+            fail(f"the camera did not start:\n{tail(self.log_path)}")
+        self.pid = self.process.pid
+
+    def stop(self):
+        stop_process(self.process)
+
+
+class Gateway:
+    """livegate, serving the camera as stream `cam`, found through its JSON log."""
+
+    def __init__(self, binary, transcode, camera_url, folder):
+        self.transcode = transcode
+        state = Path(folder) / f"state-{transcode}"
+        self.log_path = Path(folder) / f"livegate-{transcode}.log"
+        self.webrtc_port = free_port()
+        self.command = [
+            str(binary), "--stream", f"{STREAM}={camera_url}", "--transcode", transcode,
+            "--listen", "127.0.0.1:0", "--webrtc-bind", "127.0.0.1",
+            "--webrtc-port", str(self.webrtc_port), "--webrtc-tcp-port", "0",
+            "--state-dir", str(state / "state"), "--hls-dir", str(state / "hls"),
+            "--encoder", "x264", "--log-format", "json",
+        ]
+        state.mkdir(parents=True)
+        self.log = open(self.log_path, "ab")
+        self.process = spawn(self.command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.process.pid
+        self.address = None
+        self.tls = ssl.create_default_context()
+        self.tls.check_hostname = False
+        self.tls.verify_mode = ssl.CERT_NONE  # its own self-signed certificate
+
+    def _find_address(self):
+        for line in Path(self.log_path).read_text(errors="replace").splitlines():
+            match = re.search(r'"local_addr":"([^"]+)"', line)
+            if match:
+                return match.group(1)
+        return None
+
+    def request(self, method, path, body=None, headers=None):
+        url = urllib.parse.urljoin(f"https://{self.address}/", path)
+        request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(request, context=self.tls, timeout=10) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers, err.read()
+
+    def wait_playing(self, transcoded, timeout=30):
+        """Waits until the stream plays, forwarded (transcoded False) or re-encoded (True), and
+        its HLS playlist is up."""
+        deadline = time.monotonic() + timeout
+        stream = {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                fail(f"livegate exited with {self.process.returncode}:\n{tail(self.log_path)}")
+            self.address = self.address or self._find_address()
+            if self.address:
+                try:
+                    status, _, body = self.request("GET", "/api/streams")
+                except OSError:
+                    status = None
+                if status == 200:
+                    stream = next(s for s in json.loads(body) if s["name"] == STREAM)
+                    video = stream.get("video") or {}
+                    playing = stream["state"] == "playing" and video.get("transcoded") is transcoded
+                    # ffmpeg gives up on a playlist that is not there yet (first segment).
+                    if playing and self.request("GET", f"/hls/{STREAM}/index.m3u8")[0] == 200:
+                        return stream
+            time.sleep(0.3)
+        fail(f"livegate --transcode {self.transcode}: stream not playing with transcoded="
+             f"{str(transcoded).lower()} within {timeout} s; last /api/streams entry: {stream}\n"
+             f"{tail(self.log_path)}")
+
+    @property
+    def hls_url(self):
+        return f"https://{self.address}/hls/{STREAM}/index.m3u8"
+
+    def stop(self):
+        stop_process(self.process)
+        self.log.close()
+
+
+# --- Measurement ------------------------------------------------------------------------------
+
+
+def measure(reader, seconds, warmup, cpu, pids, hls=None):
+    """Starts reader, waits for its first frame and `warmup` more seconds, then records for
+    `seconds` while `cpu` counts; returns this window's figures."""
+    try:
+        reader.start()
+        reader.wait_first_frame(20)
+        time.sleep(warmup)
+        reader.check()
+        hls_before = hls.read_progress() if hls else None
+        reader.record(True)
+        cpu.start(pids)
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            time.sleep(0.5)
+            reader.check()
+        cpu.stop()
+        reader.record(False)
+        elapsed = time.monotonic() - began
+        window = {
+            "latency_ms": [round(s[0], 2) for s in reader.samples],
+            "transit_ms": [round(s[1], 2) for s in reader.samples if s[1] is not None],
+            "frames": reader.frames,
+            "fps": round(reader.frames / elapsed, 1),
+            "unreadable": reader.unreadable,
+            "video_kbps": round(reader.h264_bytes * 8 / elapsed / 1000),
+            "audio_packets": reader.audio_packets,
+        }
+        if hls:
+            frames, size = hls.read_progress()
+            window["hls_frames"] = frames - hls_before[0]
+            window["hls_kbps"] = round((size - hls_before[1]) * 8 / elapsed / 1000)
+        return window
+    finally:
+        reader.stop()
+
+
+def describe(windows):
+    latency = [x for w in windows for x in w["latency_ms"]]
+    transit = [x for w in windows for x in w["transit_ms"]]
+    result = {
+        "latency_ms": summary(latency),
+        "capture_to_arrival_ms": summary(transit),
+        "per_window_p50_ms": [summary(w["latency_ms"])["p50"] for w in windows],
+        "fps": [w["fps"] for w in windows],
+        "video_kbps": [w["video_kbps"] for w in windows],
+        "unreadable_frames": sum(w["unreadable"] for w in windows),
+        "audio_packets": sum(w["audio_packets"] for w in windows),
+    }
+    if windows and "hls_frames" in windows[0]:
+        result["hls_frames"] = [w["hls_frames"] for w in windows]
+        result["hls_kbps"] = [w["hls_kbps"] for w in windows]
+    return result
+
+
+def gateway_windows(gateway, count, args, folder, cpu, pids, source_width):
+    windows = []
+    for i in range(count):
+        log(f"  livegate --transcode {gateway.transcode}: WHEP + HLS, window {i + 1}/{count}")
+        hls = HlsReader(gateway.hls_url, folder)
+        try:
+            windows.append(measure(WhepReader(gateway, source_width), args.seconds, args.warmup,
+                                   cpu, pids, hls))
+        finally:
+            if not hls.stop():
+                fail(f"the HLS reader (ffmpeg) died:\n{tail(Path(folder) / 'hls-ffmpeg.log')}")
+    return windows
+
+
+def run(args, folder):
+    camera = Camera(args, folder)
+    log(f"camera up: {' '.join(camera.command)}")
+    stack = [camera]
+    try:
+        gateway = Gateway(args.livegate, "auto", camera.url, folder)
+        stack.append(gateway)
+        stream = gateway.wait_playing(transcoded=False)
+        log(f"livegate --transcode auto playing: {json.dumps(stream.get('video'))}")
+        pids = {"livegate": gateway.pid, "camera": camera.pid, "reader": os.getpid()}
+        direct, forwarded = [], []
+        cpu = {"direct": CpuWindow(), "passthrough": CpuWindow(), "transcode": CpuWindow()}
+        for round_ in range(args.rounds):
+            log(f"round {round_ + 1}/{args.rounds}: (a) direct RTSP")
+            direct.append(measure(DirectReader(camera.url), args.seconds, args.warmup,
+                                  cpu["direct"], pids))
+            log(f"round {round_ + 1}/{args.rounds}: (b) through livegate")
+            forwarded += gateway_windows(gateway, 1, args, folder, cpu["passthrough"], pids, WIDTH)
+        gateway.stop()
+        stack.pop()
+
+        transcoded, transcode_stream = [], None
+        if args.transcode_windows:
+            gateway = Gateway(args.livegate, "always", camera.url, folder)
+            stack.append(gateway)
+            transcode_stream = gateway.wait_playing(transcoded=True)
+            log(f"livegate --transcode always playing: {json.dumps(transcode_stream.get('video'))}")
+            pids["livegate"] = gateway.pid
+            transcoded = gateway_windows(gateway, args.transcode_windows, args, folder,
+                                         cpu["transcode"], pids, WIDTH)
+    finally:
+        for process in reversed(stack):
+            process.stop()
+
+    a, b = describe(direct), describe(forwarded)
+    hop = {
+        key: round(b["latency_ms"][key] - a["latency_ms"][key], 1) for key in ("p50", "p95")
+    }
+    hop["per_round_p50"] = [
+        round(y - x, 1) for x, y in zip(a["per_window_p50_ms"], b["per_window_p50_ms"])
+    ]
+    hop["capture_to_arrival_p50"] = round(
+        b["capture_to_arrival_ms"]["p50"] - a["capture_to_arrival_ms"]["p50"], 1)
+    result = {
+        "camera": {
+            "command": " ".join(camera.command[1:]),
+            "size": f"{WIDTH}x{HEIGHT}", "fps": FPS, "profile": args.profile,
+            "bitrate_kbps": args.bitrate, "gop_frames": FPS, "pattern": args.pattern,
+        },
+        "livegate": {"binary": str(args.livegate), "mtime": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(args.livegate.stat().st_mtime))},
+        "machine": {"cores": os.cpu_count(), "cpu": cpu_model()},
+        "rounds": args.rounds, "window_s": args.seconds, "warmup_s": args.warmup,
+        "direct": a,
+        "passthrough": b,
+        "hop_ms": hop,
+        "cpu_cores": {name: window.cores() for name, window in cpu.items() if window.seconds},
+    }
+    if transcoded:
+        result["transcode"] = describe(transcoded)
+        result["transcode"]["video"] = transcode_stream.get("video")
+        result["transcode"]["size"] = f"{transcode_stream.get('width')}x{transcode_stream.get('height')}"
+    return result
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def markdown(result):
+    a, b = result["direct"], result["passthrough"]
+    rows = [
+        "| path | median ms | p95 ms | capture→arrival median ms | frames | fps | H.264 kbit/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(label, d):
+        lat, arr = d["latency_ms"], d["capture_to_arrival_ms"]
+        kbps = round(sum(d["video_kbps"]) / len(d["video_kbps"]))
+        fps = round(sum(d["fps"]) / len(d["fps"]), 1)
+        return f"| {label} | {lat['p50']} | {lat['p95']} | {arr['p50']} | {lat['n']} | {fps} | {kbps} |"
+
+    rows.append(row("(a) camera, direct (rtspsrc latency=0)", a))
+    rows.append(row("(b) camera → livegate passthrough → WHEP", b))
+    hop = result["hop_ms"]
+    rows.append(f"| hop (b − a) | {hop['p50']} | {hop['p95']} | {hop['capture_to_arrival_p50']} | | | |")
+    if "transcode" in result:
+        rows.append(row(f"livegate --transcode always ({result['transcode']['size']}) → WHEP",
+                        result["transcode"]))
+    rows += ["", "| CPU, cores (of %d) | livegate | camera | readers (this script) | whole machine |"
+             % result["machine"]["cores"], "|---|---:|---:|---:|---:|"]
+    labels = {
+        "direct": "(a) windows: livegate ingesting, no viewer",
+        "passthrough": "(b) passthrough, 1 WHEP + 1 HLS viewer",
+        "transcode": "--transcode always, 1 WHEP + 1 HLS viewer",
+    }
+    for name, cores in result["cpu_cores"].items():
+        rows.append(f"| {labels[name]} | {cores['livegate']} | {cores['camera']} | "
+                    f"{cores['reader']} | {cores.get('machine')} |")
+    return "\n".join(rows)
+
+
+def check_prerequisites(args):
+    if not args.livegate.is_file() or not os.access(args.livegate, os.X_OK):
+        fail(f"{args.livegate} not found: build it (cargo build --release) or set LIVEGATE_BIN")
+    if not CAMERA_SCRIPT.is_file():
+        fail(f"{CAMERA_SCRIPT} is missing")
+    if not shutil.which("ffmpeg"):
+        fail("ffmpeg is needed for the HLS reader (apt-get install ffmpeg)")
+    missing = [e for e in ELEMENTS if not Gst.ElementFactory.find(e)]
+    if missing:
+        fail(f"GStreamer elements missing: {', '.join(missing)} (scripts/install-deps)")
+    if os.environ.get("LIVEGATE_NETNS") != "1":
+        log("warning: not inside scripts/netns-run; WebRTC may pick a real interface")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Latency and CPU of an RTSP camera forwarded by livegate without re-encoding.")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (a) direct then (b) through livegate (default 3)")
+    parser.add_argument("--seconds", type=float, default=20,
+                        help="recorded seconds per window (default 20)")
+    parser.add_argument("--warmup", type=float, default=3,
+                        help="seconds skipped after a reader's first frame (default 3)")
+    parser.add_argument("--transcode-windows", type=int, default=1, metavar="N",
+                        help="windows with --transcode always, for comparison; 0 skips (default 1)")
+    parser.add_argument("--pattern", default="zone-plate,kx2=20,ky2=20,kt=1",
+                        help="camera picture (rtsp_server.py --pattern; default moving zone plate)")
+    parser.add_argument("--bitrate", type=int, default=4000, help="camera kbit/s (default 4000)")
+    parser.add_argument("--profile", choices=["main", "high"], default="main")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0 or args.warmup < 0 or args.transcode_windows < 0:
+        parser.error("--rounds must be at least 1, --seconds positive, the others not negative")
+    binary = Path(os.environ.get("LIVEGATE_BIN", "target/release/livegate"))
+    args.livegate = binary if binary.is_absolute() else ROOT / binary
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    Gst.init(None)
+    check_prerequisites(args)
+    # SIGTERM unwinds like Ctrl-C, so the camera and livegate are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="livegate-camera-bench-") as folder:
+        try:
+            result = run(args, folder)
+        except RuntimeError as err:
+            fail(f"{err}\nlogs:\n{tail(Path(folder) / 'camera.log')}\n"
+                 f"{tail(Path(folder) / 'livegate-auto.log')}")
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    print()
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
