@@ -10,17 +10,22 @@ gives its latency directly (wall clock now - capture time).
 
   (a) direct:  the camera read by rtspsrc latency=0, decoded here;
   (b) gateway: the same camera through livegate --transcode auto (forwarded as it is), read over
-               WHEP by webrtcbin and decoded by the same chain, with one HLS reader (ffmpeg,
-               copying, not decoding) fetching at the same time.
+               WHEP by webrtcbin and decoded by the same chain, while one HLS reader (ffmpeg,
+               never decoding) fetches the same stream.
 
 (a) and (b) alternate, round after round, so drifts in machine load hit both; (b) - (a) is what
 the hop through livegate adds. Then livegate --transcode always (decode, scale, x264) serves
 the same two viewers, for its CPU cost. CPU is measured from /proc/PID/stat over each window.
 
+Where the hop's milliseconds go: the kernel's receive time of every RTP packet on lo (an
+AF_PACKET socket, which needs root: scripts/netns-run gives it) tells when each frame's last
+packet reached livegate and when livegate's last packet of it left; --no-packets skips this.
+
 Prints progress on stderr, then a JSON summary and Markdown tables on stdout.
 Environment: LIVEGATE_BIN (default target/release/livegate).
 """
 import argparse
+import bisect
 import ctypes
 import json
 import os
@@ -29,6 +34,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -43,6 +49,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CAMERA_SCRIPT = ROOT / "tests/support/rtsp_server.py"
 STREAM = "cam"
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
+# Moving bars whose noise patch makes x264 spend the whole bitrate (the ball would use 0.3 of
+# 4 Mbit/s). Cheap enough for the camera to keep real time; zone-plate,kx2=20,ky2=20,kt=1 has
+# camera-like keyframes (6x the other frames) but takes the camera's one streaming thread more
+# than a frame time at 1080p30 on a small machine, and its latency then grows without bound.
+PATTERN = "smpte,horizontal-speed=4"
+CAMERA_VIDEO_PT = 96  # rtsp_server.py's
 
 # The strip (docs/latency-strip.md).
 CELLS = 48
@@ -57,9 +69,10 @@ DECODE = (
 # One transceiver offering every profile a camera may send: livegate answers the camera's own
 # and refuses (406) an offer that has none like it.
 H264_PROFILES = ("42e01f", "4d001f", "64001f", "f4001f")
+OPUS_PT = 111
 ELEMENTS = (
     "rtspsrc", "rtph264depay", "h264parse", "avdec_h264", "videoconvert", "appsink", "webrtcbin",
-    "nicesrc", "dtlssrtpdec", "rtpopusdepay", "x264enc", "voaacenc", "videotestsrc",
+    "nicesrc", "dtlssrtpdec", "x264enc", "voaacenc", "videotestsrc",
 )
 
 
@@ -68,7 +81,8 @@ def fail(message):
 
 
 def log(message):
-    print(f"[camera-bench {time.monotonic() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - STARTED
+    print(f"[camera-bench {elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 STARTED = time.monotonic()
@@ -103,11 +117,15 @@ def summary(values):
         return {"n": 0, "p50": None, "p95": None, "min": None, "max": None}
     return {
         "n": len(values),
-        "p50": round(percentile(values, 50), 1),
-        "p95": round(percentile(values, 95), 1),
-        "min": round(min(values), 1),
-        "max": round(max(values), 1),
+        "p50": round(percentile(values, 50), 2),
+        "p95": round(percentile(values, 95), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
     }
+
+
+def difference(b, a, key):
+    return None if b[key] is None or a[key] is None else round(b[key] - a[key], 2)
 
 
 # --- CPU ------------------------------------------------------------------------------------
@@ -140,10 +158,11 @@ class CpuWindow:
         self._start = None
 
     def start(self, pids):
-        self._start = (time.monotonic(), {n: process_ticks(p) for n, p in pids.items()}, machine_ticks(), pids)
+        self._start = (time.monotonic(), machine_ticks(), pids,
+                       {name: process_ticks(pid) for name, pid in pids.items()})
 
     def stop(self):
-        began, ticks, (busy, total), pids = self._start
+        began, (busy, total), pids, ticks = self._start
         self.seconds += time.monotonic() - began
         for name, pid in pids.items():
             self.ticks[name] = self.ticks.get(name, 0) + process_ticks(pid) - ticks[name]
@@ -152,8 +171,6 @@ class CpuWindow:
         self.machine[1] += now_total - total
 
     def cores(self):
-        if not self.seconds:
-            return {}
         result = {name: round(t / CLK_TCK / self.seconds, 3) for name, t in self.ticks.items()}
         if self.machine[1]:
             result["machine"] = round(os.cpu_count() * self.machine[0] / self.machine[1], 3)
@@ -223,8 +240,8 @@ ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_cha
 class Reader:
     """Decodes H.264 RTP with DECODE and turns each frame's strip into a latency sample.
 
-    Also notes when each access unit left the depayloader (the frame's last packet arrived), so
-    a latency splits into capture -> arrival and arrival -> decoded.
+    Also notes when each access unit left the depayloader (its last packet had arrived), so a
+    latency splits into capture -> arrival and arrival -> decoded.
     """
 
     def __init__(self, name, source_width):
@@ -234,11 +251,12 @@ class Reader:
         self.lock = threading.Lock()
         self.recording = False
         self.first_frame = threading.Event()
-        self.samples = []  # (latency ms, arrival ms)
-        self.frames = self.unreadable = self.h264_bytes = self.audio_packets = 0
+        self.samples = []  # (capture -> decoded, capture -> arrival), ms
         self.arrivals = {}  # PTS -> wall-clock ms when the access unit left the depayloader
+        self.access_units = []  # wall-clock ms of each, while recording
+        self.frames = self.unreadable = self.h264_bytes = self.audio_packets = 0
 
-    def decode_bin(self):
+    def _decode_bin(self):
         decode = Gst.parse_bin_from_description(DECODE, True)
         decode.get_by_name("out").connect("new-sample", self._on_sample)
         depay = decode.get_by_name("depay").get_static_pad("src")
@@ -246,12 +264,14 @@ class Reader:
         return decode
 
     def _on_access_unit(self, _pad, info):
+        now = time.time_ns() / 1e6
         buffer = info.get_buffer()
         with self.lock:
             if len(self.arrivals) > 300:  # frames the decoder never output
                 self.arrivals.clear()
-            self.arrivals[buffer.pts] = time.time_ns() / 1e6
+            self.arrivals[buffer.pts] = now
             if self.recording:
+                self.access_units.append(now)
                 self.h264_bytes += buffer.get_size()
         return Gst.PadProbeReturn.OK
 
@@ -261,11 +281,10 @@ class Reader:
         value = self.strip.read(sample)
         with self.lock:
             arrived = self.arrivals.pop(sample.get_buffer().pts, None)
-            if value is None:
-                self.unreadable += self.recording
-                return Gst.FlowReturn.OK
-            latency = (now_ns // 1_000_000 - value) % VALUE_MOD + now_ns % 1_000_000 / 1e6
-            if latency > MAX_PLAUSIBLE_MS:
+            latency = None
+            if value is not None:
+                latency = (now_ns // 1_000_000 - value) % VALUE_MOD + now_ns % 1_000_000 / 1e6
+            if latency is None or latency > MAX_PLAUSIBLE_MS:
                 self.unreadable += self.recording
                 return Gst.FlowReturn.OK
             self.first_frame.set()
@@ -276,24 +295,20 @@ class Reader:
         return Gst.FlowReturn.OK
 
     def _on_audio(self, _pad, _info):
-        if self.recording:
-            self.audio_packets += 1
+        self.audio_packets += self.recording
         return Gst.PadProbeReturn.OK
 
-    def link_audio(self, pad):
-        sink = Gst.ElementFactory.make("fakesink")
-        sink.set_property("sync", False)
-        sink.set_property("async", False)
+    def _link(self, pad):
+        if pad.get_current_caps().get_structure(0).get_string("media") == "video":
+            sink = self._decode_bin()
+        else:  # sound is received (and counted), not decoded
+            sink = Gst.ElementFactory.make("fakesink")
+            sink.set_property("sync", False)
+            sink.set_property("async", False)
+            pad.add_probe(Gst.PadProbeType.BUFFER, self._on_audio)
         self.pipeline.add(sink)
         sink.sync_state_with_parent()
         pad.link(sink.get_static_pad("sink"))
-        pad.add_probe(Gst.PadProbeType.BUFFER, self._on_audio)
-
-    def link_video(self, pad):
-        decode = self.decode_bin()
-        self.pipeline.add(decode)
-        decode.sync_state_with_parent()
-        pad.link(decode.get_static_pad("sink"))
 
     def check(self):
         message = self.pipeline.get_bus().pop_filtered(Gst.MessageType.ERROR)
@@ -306,7 +321,7 @@ class Reader:
         while not self.first_frame.wait(0.1):
             self.check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: no frame with a readable strip within {timeout} s")
+                raise RuntimeError(f"{self.name}: no frame with a readable strip in {timeout} s")
 
     def record(self, on):
         with self.lock:
@@ -324,12 +339,8 @@ class DirectReader(Reader):
         source = Gst.ElementFactory.make("rtspsrc")
         source.set_property("location", url)
         source.set_property("latency", 0)
-        source.connect("pad-added", self._on_pad)
+        source.connect("pad-added", lambda _source, pad: self._link(pad))
         self.pipeline.add(source)
-
-    def _on_pad(self, _source, pad):
-        media = pad.get_current_caps().get_structure(0).get_string("media")
-        (self.link_video if media == "video" else self.link_audio)(pad)
 
     def start(self):
         self.pipeline.set_state(Gst.State.PLAYING)
@@ -344,7 +355,7 @@ class WhepReader(Reader):
         self.location = None
         self.webrtc = Gst.ElementFactory.make("webrtcbin")
         self.webrtc.set_property("bundle-policy", GstWebRTC.WebRTCBundlePolicy.MAX_BUNDLE)
-        # Its jitterbuffer waits up to this long for missing packets, like rtspsrc's in (a).
+        # How long its jitterbuffer may wait for a missing packet: as rtspsrc's in (a).
         self.webrtc.set_property("latency", 0)
         # libnice never gathers on loopback by itself; told an address, it gathers on that only.
         ice = self.webrtc.get_property("ice-agent")
@@ -359,17 +370,15 @@ class WhepReader(Reader):
             for i, plid in enumerate(H264_PROFILES)
         )
         audio = ("application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,"
-                 "encoding-params=(string)2,payload=111")
+                 f"encoding-params=(string)2,payload={OPUS_PT}")
         recvonly = GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY
         for caps in (video, audio):
             self.webrtc.emit("add-transceiver", recvonly, Gst.Caps.from_string(caps))
         self.webrtc.connect("pad-added", self._on_pad)
 
     def _on_pad(self, _webrtc, pad):
-        if pad.get_direction() != Gst.PadDirection.SRC:
-            return
-        media = pad.get_current_caps().get_structure(0).get_string("media")
-        (self.link_video if media == "video" else self.link_audio)(pad)
+        if pad.get_direction() == Gst.PadDirection.SRC:
+            self._link(pad)
 
     def start(self):
         self.pipeline.set_state(Gst.State.PLAYING)
@@ -377,11 +386,11 @@ class WhepReader(Reader):
         self.webrtc.emit("create-offer", None, promise)
         promise.wait()
         reply = promise.get_reply()  # owns the offer: keep it referenced while the offer is used
-        offer = reply.get_value("offer")
-        self.webrtc.emit("set-local-description", offer, None)
+        self.webrtc.emit("set-local-description", reply.get_value("offer"), None)
         # No trickle: the offer goes out with every candidate in it.
         deadline = time.monotonic() + 10
-        while self.webrtc.get_property("ice-gathering-state") != GstWebRTC.WebRTCICEGatheringState.COMPLETE:
+        complete = GstWebRTC.WebRTCICEGatheringState.COMPLETE
+        while self.webrtc.get_property("ice-gathering-state") != complete:
             if time.monotonic() > deadline:
                 raise RuntimeError("webrtcbin never finished gathering candidates")
             time.sleep(0.02)
@@ -407,18 +416,20 @@ class WhepReader(Reader):
 
 
 class HlsReader:
-    """One HLS viewer: ffmpeg fetching the playlist and segments, copying rather than decoding
-    (the gateway's cost is serving them, and decoding here would only load the machine)."""
+    """One HLS viewer: ffmpeg fetching playlist and segments and remuxing them to /dev/null
+    (which lets it count the bytes); never decoding: the gateway only serves them, and decoding
+    would load this machine."""
 
     def __init__(self, url, folder):
         self.progress = Path(folder) / "hls-progress.txt"
-        self.errors = open(Path(folder) / "hls-ffmpeg.log", "ab")
-        self.process = spawn(
-            ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-tls_verify", "0",
-             "-i", url, "-map", "0", "-c", "copy", "-f", "mpegts", "-y", "/dev/null",
-             "-progress", str(self.progress)],
-            stdout=subprocess.DEVNULL, stderr=self.errors,
-        )
+        self.log_path = Path(folder) / "hls-ffmpeg.log"
+        with open(self.log_path, "ab") as errors:
+            self.process = spawn(
+                ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-tls_verify", "0",
+                 "-i", url, "-map", "0", "-c", "copy", "-f", "mpegts", "-y", "/dev/null",
+                 "-progress", str(self.progress)],
+                stdout=subprocess.DEVNULL, stderr=errors,
+            )
 
     def read_progress(self):
         """(frames, bytes) fetched so far, from ffmpeg's last -progress block."""
@@ -431,10 +442,132 @@ class HlsReader:
         return int(frames[-1]) if frames else 0, int(size[-1]) if size else 0
 
     def stop(self):
+        """Stops ffmpeg; False if it had already given up."""
         alive = self.process.poll() is None
         stop_process(self.process)
-        self.errors.close()
         return alive
+
+
+# --- Packets on the wire ------------------------------------------------------------------------
+
+SO_TIMESTAMPNS = 35  # not in Python's socket module
+ETH_P_ALL = 3
+
+
+def parse_rtp(frame):
+    """(source port, destination port, payload type, RTP timestamp) of an RTP packet in an
+    IPv4/UDP frame from lo, or None. SRTP leaves the RTP header in the clear; RTCP, STUN and DTLS
+    are told apart by their first two bytes (RFC 7983)."""
+    ip = frame[14:]
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_UDP:
+        return None
+    udp = (ip[0] & 0x0F) * 4
+    rtp = ip[udp + 8:udp + 16]
+    if len(rtp) < 8 or rtp[0] >> 6 != 2 or not 96 <= rtp[1] & 0x7F <= 127:
+        return None
+    sport, dport = struct.unpack_from("!HH", ip, udp)
+    return sport, dport, rtp[1] & 0x7F, struct.unpack_from("!I", rtp, 4)[0]
+
+
+class PacketClock(threading.Thread):
+    """The kernel's receive time of every RTP packet on lo, while recording."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind(("lo", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.lock = threading.Lock()
+        self.packets = None  # a list while recording
+
+    def run(self):
+        while True:
+            # Headers are enough; a GSO send on lo arrives as one frame of up to 64 KiB.
+            frame, ancillary, _, address = self.sock.recvmsg(64, 64)
+            if address[2] == socket.PACKET_OUTGOING or self.packets is None:
+                continue
+            packet = parse_rtp(frame)
+            stamps = [data for level, kind, data in ancillary if kind == SO_TIMESTAMPNS]
+            if packet and stamps:
+                seconds, nanoseconds = struct.unpack_from("qq", stamps[0])
+                with self.lock:
+                    if self.packets is not None:
+                        self.packets.append((seconds * 1e3 + nanoseconds / 1e6, *packet))
+
+    def record(self):
+        with self.lock:
+            self.packets = []
+
+    def take(self):
+        with self.lock:
+            packets, self.packets = self.packets, None
+        return packets
+
+
+def frame_ends(packets, keep):
+    """{RTP timestamp: arrival of its last packet} of the packets keep(sport, dport, pt) likes."""
+    ends = {}
+    for at, sport, dport, pt, rtp_time in packets:
+        if keep(sport, dport, pt):
+            ends[rtp_time] = at
+    return ends
+
+
+def delays(later, earlier, limit_ms=100):
+    """For each time in `later`, how long after the latest time of `earlier` before it."""
+    earlier = sorted(earlier)
+    result = []
+    for at in later:
+        i = bisect.bisect_right(earlier, at)
+        if i and at - earlier[i - 1] < limit_ms:
+            result.append(at - earlier[i - 1])
+    return result
+
+
+def hop_breakdown(direct, forwarded):
+    """Where (b) - (a) goes: livegate itself (camera's last packet of a frame in -> its last
+    packet out, split where the frame entered livegate's encoding part) and the reader (last
+    packet -> access unit out of the depayloader), webrtcbin's against rtspsrc's.
+
+    A frame out is paired with the latest frame in before it, which holds while livegate takes
+    less than a frame interval (true of passthrough, not of transcoding).
+    """
+    def camera_pt(pt):
+        return pt == CAMERA_VIDEO_PT
+
+    gateway_in, entered, gateway_out, whep_reader = [], [], [], []
+    gateway_ports = set()
+    for window in forwarded:
+        packets, port = window["packets"], window["gateway_port"]
+        # The camera sends video to livegate alone in (b).
+        into = frame_ends(packets, lambda s, d, pt: camera_pt(pt) and s != port)
+        gateway_ports |= {d for _, s, d, pt, _ in packets if camera_pt(pt) and s != port}
+        video_pts = {pt for _, s, _, pt, _ in packets if s == port and pt != OPUS_PT}
+        out = frame_ends(packets, lambda s, d, pt: s == port and pt in video_pts)
+        gateway_in += delays(out.values(), into.values())
+        # livegate's RTP timestamps count wall-clock time from when the frame was pushed into
+        # its encoding part (appsrc do-timestamp, realtime clock): the 90 kHz clock says when.
+        pushed = {ts: at - ((round(at * 90) - ts) % (1 << 32)) / 90 for ts, at in out.items()}
+        entered += delays(pushed.values(), into.values())
+        gateway_out += [out[ts] - at for ts, at in pushed.items() if 0 <= out[ts] - at < 100]
+        whep_reader += delays(window["access_units"], out.values())
+    rtsp_reader = []
+    for window in direct:
+        into = frame_ends(window["packets"],
+                          lambda s, d, pt: camera_pt(pt) and d not in gateway_ports)
+        rtsp_reader += delays(window["access_units"], into.values())
+    result = {
+        "livegate_in_to_out_ms": summary(gateway_in),
+        "livegate_in_to_encoding_part_ms": summary(entered),
+        "livegate_encoding_part_to_out_ms": summary(gateway_out),
+        "reader_last_packet_to_access_unit_ms": {
+            "whep": summary(whep_reader), "rtsp": summary(rtsp_reader)},
+    }
+    result["reader_difference_p50_ms"] = difference(
+        result["reader_last_packet_to_access_unit_ms"]["whep"],
+        result["reader_last_packet_to_access_unit_ms"]["rtsp"], "p50")
+    return result
 
 
 # --- Processes --------------------------------------------------------------------------------
@@ -490,8 +623,7 @@ class Camera:
         ]
         with open(self.log_path, "ab") as errors:
             self.process = spawn(self.command, stdout=subprocess.PIPE, stderr=errors)
-        ready = self.process.stdout.readline()
-        if ready.strip() != b"ready":
+        if self.process.stdout.readline().strip() != b"ready":
             stop_process(self.process)
             fail(f"the camera did not start:\n{tail(self.log_path)}")
         self.pid = self.process.pid
@@ -501,12 +633,13 @@ class Camera:
 
 
 class Gateway:
-    """livegate, serving the camera as stream `cam`, found through its JSON log."""
+    """livegate serving the camera as stream `cam`; its address is found in its JSON log."""
 
     def __init__(self, binary, transcode, camera_url, folder):
         self.transcode = transcode
-        state = Path(folder) / f"state-{transcode}"
-        self.log_path = Path(folder) / f"livegate-{transcode}.log"
+        state = Path(folder) / f"livegate-{transcode}"
+        state.mkdir()
+        self.log_path = state / "log.json"
         self.webrtc_port = free_port()
         self.command = [
             str(binary), "--stream", f"{STREAM}={camera_url}", "--transcode", transcode,
@@ -515,9 +648,8 @@ class Gateway:
             "--state-dir", str(state / "state"), "--hls-dir", str(state / "hls"),
             "--encoder", "x264", "--log-format", "json",
         ]
-        state.mkdir(parents=True)
-        self.log = open(self.log_path, "ab")
-        self.process = spawn(self.command, stdout=self.log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log_file:
+            self.process = spawn(self.command, stdout=log_file, stderr=subprocess.STDOUT)
         self.pid = self.process.pid
         self.address = None
         self.tls = ssl.create_default_context()
@@ -525,11 +657,8 @@ class Gateway:
         self.tls.verify_mode = ssl.CERT_NONE  # its own self-signed certificate
 
     def _find_address(self):
-        for line in Path(self.log_path).read_text(errors="replace").splitlines():
-            match = re.search(r'"local_addr":"([^"]+)"', line)
-            if match:
-                return match.group(1)
-        return None
+        match = re.search(r'"local_addr":"([^"]+)"', self.log_path.read_text(errors="replace"))
+        return match and match.group(1)
 
     def request(self, method, path, body=None, headers=None):
         url = urllib.parse.urljoin(f"https://{self.address}/", path)
@@ -549,18 +678,17 @@ class Gateway:
             if self.process.poll() is not None:
                 fail(f"livegate exited with {self.process.returncode}:\n{tail(self.log_path)}")
             self.address = self.address or self._find_address()
-            if self.address:
-                try:
-                    status, _, body = self.request("GET", "/api/streams")
-                except OSError:
-                    status = None
-                if status == 200:
-                    stream = next(s for s in json.loads(body) if s["name"] == STREAM)
-                    video = stream.get("video") or {}
-                    playing = stream["state"] == "playing" and video.get("transcoded") is transcoded
-                    # ffmpeg gives up on a playlist that is not there yet (first segment).
-                    if playing and self.request("GET", f"/hls/{STREAM}/index.m3u8")[0] == 200:
-                        return stream
+            try:
+                status, _, body = self.request("GET", "/api/streams") if self.address else (0, 0, 0)
+            except OSError:
+                status = None
+            if status == 200:
+                stream = next(s for s in json.loads(body) if s["name"] == STREAM)
+                video = stream.get("video") or {}
+                playing = stream["state"] == "playing" and video.get("transcoded") is transcoded
+                # ffmpeg gives up on a playlist that is not there yet (first segment).
+                if playing and self.request("GET", f"/hls/{STREAM}/index.m3u8")[0] == 200:
+                    return stream
             time.sleep(0.3)
         fail(f"livegate --transcode {self.transcode}: stream not playing with transcoded="
              f"{str(transcoded).lower()} within {timeout} s; last /api/streams entry: {stream}\n"
@@ -572,46 +700,71 @@ class Gateway:
 
     def stop(self):
         stop_process(self.process)
-        self.log.close()
 
 
 # --- Measurement ------------------------------------------------------------------------------
 
 
-def measure(reader, seconds, warmup, cpu, pids, hls=None):
-    """Starts reader, waits for its first frame and `warmup` more seconds, then records for
-    `seconds` while `cpu` counts; returns this window's figures."""
-    try:
-        reader.start()
-        reader.wait_first_frame(20)
-        time.sleep(warmup)
-        reader.check()
-        hls_before = hls.read_progress() if hls else None
-        reader.record(True)
-        cpu.start(pids)
-        began = time.monotonic()
-        while time.monotonic() - began < seconds:
-            time.sleep(0.5)
+class Bench:
+    def __init__(self, args, folder, packet_clock):
+        self.args = args
+        self.folder = folder
+        self.packet_clock = packet_clock
+        self.pids = {}
+        self.cpu = {"direct": CpuWindow(), "passthrough": CpuWindow(), "transcode": CpuWindow()}
+
+    def window(self, reader, cpu, hls=None):
+        """Starts reader, waits for its first frame and the warm-up, then records for
+        --seconds while `cpu` counts; returns this window's figures."""
+        try:
+            reader.start()
+            reader.wait_first_frame(20)
+            time.sleep(self.args.warmup)
             reader.check()
-        cpu.stop()
-        reader.record(False)
-        elapsed = time.monotonic() - began
-        window = {
-            "latency_ms": [round(s[0], 2) for s in reader.samples],
-            "transit_ms": [round(s[1], 2) for s in reader.samples if s[1] is not None],
-            "frames": reader.frames,
-            "fps": round(reader.frames / elapsed, 1),
-            "unreadable": reader.unreadable,
-            "video_kbps": round(reader.h264_bytes * 8 / elapsed / 1000),
-            "audio_packets": reader.audio_packets,
-        }
-        if hls:
-            frames, size = hls.read_progress()
-            window["hls_frames"] = frames - hls_before[0]
-            window["hls_kbps"] = round((size - hls_before[1]) * 8 / elapsed / 1000)
+            hls_before = hls.read_progress() if hls else None
+            if self.packet_clock:
+                self.packet_clock.record()
+            reader.record(True)
+            cpu.start(self.pids)
+            began = time.monotonic()
+            while time.monotonic() - began < self.args.seconds:
+                time.sleep(0.5)
+                reader.check()
+            cpu.stop()
+            reader.record(False)
+            elapsed = time.monotonic() - began
+            window = {
+                "latency_ms": [s[0] for s in reader.samples],
+                "transit_ms": [s[1] for s in reader.samples if s[1] is not None],
+                "fps": round(reader.frames / elapsed, 1),
+                "unreadable": reader.unreadable,
+                "video_kbps": round(reader.h264_bytes * 8 / elapsed / 1000),
+                "audio_packets": reader.audio_packets,
+                "access_units": reader.access_units,
+                "packets": self.packet_clock.take() if self.packet_clock else [],
+            }
+            if hls:
+                frames, size = hls.read_progress()
+                window["hls_fps"] = round((frames - hls_before[0]) / elapsed, 1)
+                window["hls_kbps"] = round((size - hls_before[1]) * 8 / elapsed / 1000)
+            return window
+        finally:
+            reader.stop()
+
+    def direct(self, camera):
+        return self.window(DirectReader(camera.url), self.cpu["direct"])
+
+    def through(self, gateway, cpu):
+        """One WHEP window, with an HLS reader fetching meanwhile."""
+        hls = HlsReader(gateway.hls_url, self.folder)
+        try:
+            window = self.window(WhepReader(gateway, WIDTH), cpu, hls)
+        finally:
+            alive = hls.stop()
+        if not alive:
+            fail(f"the HLS reader (ffmpeg) gave up:\n{tail(hls.log_path)}")
+        window["gateway_port"] = gateway.webrtc_port
         return window
-    finally:
-        reader.stop()
 
 
 def describe(windows):
@@ -626,88 +779,77 @@ def describe(windows):
         "unreadable_frames": sum(w["unreadable"] for w in windows),
         "audio_packets": sum(w["audio_packets"] for w in windows),
     }
-    if windows and "hls_frames" in windows[0]:
-        result["hls_frames"] = [w["hls_frames"] for w in windows]
+    if windows and "hls_fps" in windows[0]:
+        result["hls_fps"] = [w["hls_fps"] for w in windows]
         result["hls_kbps"] = [w["hls_kbps"] for w in windows]
     return result
 
 
-def gateway_windows(gateway, count, args, folder, cpu, pids, source_width):
-    windows = []
-    for i in range(count):
-        log(f"  livegate --transcode {gateway.transcode}: WHEP + HLS, window {i + 1}/{count}")
-        hls = HlsReader(gateway.hls_url, folder)
-        try:
-            windows.append(measure(WhepReader(gateway, source_width), args.seconds, args.warmup,
-                                   cpu, pids, hls))
-        finally:
-            if not hls.stop():
-                fail(f"the HLS reader (ffmpeg) died:\n{tail(Path(folder) / 'hls-ffmpeg.log')}")
-    return windows
-
-
-def run(args, folder):
+def run(args, folder, packet_clock):
+    bench = Bench(args, folder, packet_clock)
     camera = Camera(args, folder)
-    log(f"camera up: {' '.join(camera.command)}")
-    stack = [camera]
+    log(f"camera up: {' '.join(camera.command[1:])}")
+    running = [camera]
     try:
         gateway = Gateway(args.livegate, "auto", camera.url, folder)
-        stack.append(gateway)
-        stream = gateway.wait_playing(transcoded=False)
-        log(f"livegate --transcode auto playing: {json.dumps(stream.get('video'))}")
-        pids = {"livegate": gateway.pid, "camera": camera.pid, "reader": os.getpid()}
+        running.append(gateway)
+        forwarded_stream = gateway.wait_playing(transcoded=False)
+        log(f"livegate --transcode auto playing: {json.dumps(forwarded_stream.get('video'))}")
+        bench.pids = {"livegate": gateway.pid, "camera": camera.pid, "reader": os.getpid()}
         direct, forwarded = [], []
-        cpu = {"direct": CpuWindow(), "passthrough": CpuWindow(), "transcode": CpuWindow()}
-        for round_ in range(args.rounds):
-            log(f"round {round_ + 1}/{args.rounds}: (a) direct RTSP")
-            direct.append(measure(DirectReader(camera.url), args.seconds, args.warmup,
-                                  cpu["direct"], pids))
-            log(f"round {round_ + 1}/{args.rounds}: (b) through livegate")
-            forwarded += gateway_windows(gateway, 1, args, folder, cpu["passthrough"], pids, WIDTH)
+        for i in range(args.rounds):
+            log(f"round {i + 1}/{args.rounds}: (a) the camera, direct")
+            direct.append(bench.direct(camera))
+            log(f"round {i + 1}/{args.rounds}: (b) through livegate, WHEP + HLS")
+            forwarded.append(bench.through(gateway, bench.cpu["passthrough"]))
         gateway.stop()
-        stack.pop()
+        running.pop()
 
-        transcoded, transcode_stream = [], None
+        transcoded, transcoded_stream = [], None
         if args.transcode_windows:
             gateway = Gateway(args.livegate, "always", camera.url, folder)
-            stack.append(gateway)
-            transcode_stream = gateway.wait_playing(transcoded=True)
-            log(f"livegate --transcode always playing: {json.dumps(transcode_stream.get('video'))}")
-            pids["livegate"] = gateway.pid
-            transcoded = gateway_windows(gateway, args.transcode_windows, args, folder,
-                                         cpu["transcode"], pids, WIDTH)
+            running.append(gateway)
+            transcoded_stream = gateway.wait_playing(transcoded=True)
+            log("livegate --transcode always playing: "
+                f"{json.dumps(transcoded_stream.get('video'))}")
+            bench.pids["livegate"] = gateway.pid
+            for i in range(args.transcode_windows):
+                log(f"--transcode always {i + 1}/{args.transcode_windows}: WHEP + HLS")
+                transcoded.append(bench.through(gateway, bench.cpu["transcode"]))
     finally:
-        for process in reversed(stack):
+        for process in reversed(running):
             process.stop()
 
     a, b = describe(direct), describe(forwarded)
-    hop = {
-        key: round(b["latency_ms"][key] - a["latency_ms"][key], 1) for key in ("p50", "p95")
-    }
+    hop = {key: difference(b["latency_ms"], a["latency_ms"], key) for key in ("p50", "p95")}
     hop["per_round_p50"] = [
-        round(y - x, 1) for x, y in zip(a["per_window_p50_ms"], b["per_window_p50_ms"])
-    ]
-    hop["capture_to_arrival_p50"] = round(
-        b["capture_to_arrival_ms"]["p50"] - a["capture_to_arrival_ms"]["p50"], 1)
+        round(y - x, 2) for x, y in zip(a["per_window_p50_ms"], b["per_window_p50_ms"])]
+    hop["capture_to_arrival_p50"] = difference(
+        b["capture_to_arrival_ms"], a["capture_to_arrival_ms"], "p50")
     result = {
         "camera": {
-            "command": " ".join(camera.command[1:]),
-            "size": f"{WIDTH}x{HEIGHT}", "fps": FPS, "profile": args.profile,
-            "bitrate_kbps": args.bitrate, "gop_frames": FPS, "pattern": args.pattern,
+            "command": " ".join(camera.command[1:]), "size": f"{WIDTH}x{HEIGHT}", "fps": FPS,
+            "profile": args.profile, "bitrate_kbps": args.bitrate, "gop_frames": FPS,
+            "pattern": args.pattern, "forwarded_as": forwarded_stream.get("video"),
         },
-        "livegate": {"binary": str(args.livegate), "mtime": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(args.livegate.stat().st_mtime))},
+        "livegate": {
+            "binary": str(args.livegate),
+            "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                      time.gmtime(args.livegate.stat().st_mtime)),
+        },
         "machine": {"cores": os.cpu_count(), "cpu": cpu_model()},
         "rounds": args.rounds, "window_s": args.seconds, "warmup_s": args.warmup,
         "direct": a,
         "passthrough": b,
         "hop_ms": hop,
-        "cpu_cores": {name: window.cores() for name, window in cpu.items() if window.seconds},
+        "cpu_cores": {name: window.cores() for name, window in bench.cpu.items() if window.seconds},
     }
+    if packet_clock:
+        result["hop_breakdown"] = hop_breakdown(direct, forwarded)
     if transcoded:
         result["transcode"] = describe(transcoded)
-        result["transcode"]["video"] = transcode_stream.get("video")
-        result["transcode"]["size"] = f"{transcode_stream.get('width')}x{transcode_stream.get('height')}"
+        result["transcode"]["video"] = transcoded_stream.get("video")
+        result["transcode"]["size"] = f"{transcoded_stream['width']}x{transcoded_stream['height']}"
     return result
 
 
@@ -723,32 +865,49 @@ def cpu_model():
 
 
 def markdown(result):
-    a, b = result["direct"], result["passthrough"]
-    rows = [
-        "| path | median ms | p95 ms | capture→arrival median ms | frames | fps | H.264 kbit/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    def mean(values):
+        return round(sum(values) / len(values), 1) if values else None
 
     def row(label, d):
-        lat, arr = d["latency_ms"], d["capture_to_arrival_ms"]
-        kbps = round(sum(d["video_kbps"]) / len(d["video_kbps"]))
-        fps = round(sum(d["fps"]) / len(d["fps"]), 1)
-        return f"| {label} | {lat['p50']} | {lat['p95']} | {arr['p50']} | {lat['n']} | {fps} | {kbps} |"
+        lat, arrival = d["latency_ms"], d["capture_to_arrival_ms"]
+        return (f"| {label} | {lat['p50']} | {lat['p95']} | {arrival['p50']} | {lat['n']} | "
+                f"{mean(d['fps'])} | {mean(d['video_kbps'])} |")
 
-    rows.append(row("(a) camera, direct (rtspsrc latency=0)", a))
-    rows.append(row("(b) camera → livegate passthrough → WHEP", b))
     hop = result["hop_ms"]
-    rows.append(f"| hop (b − a) | {hop['p50']} | {hop['p95']} | {hop['capture_to_arrival_p50']} | | | |")
+    rows = [
+        "| glass-to-glass (capture → decoded) | median ms | p95 ms | capture → arrival median ms"
+        " | frames | fps | H.264 kbit/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        row("(a) camera, direct (rtspsrc latency=0)", result["direct"]),
+        row("(b) camera → livegate passthrough → WHEP", result["passthrough"]),
+        f"| hop (b − a) | {hop['p50']} | {hop['p95']} | {hop['capture_to_arrival_p50']} | | | |",
+    ]
     if "transcode" in result:
         rows.append(row(f"livegate --transcode always ({result['transcode']['size']}) → WHEP",
                         result["transcode"]))
-    rows += ["", "| CPU, cores (of %d) | livegate | camera | readers (this script) | whole machine |"
-             % result["machine"]["cores"], "|---|---:|---:|---:|---:|"]
+    if "hop_breakdown" in result:
+        breakdown = result["hop_breakdown"]
+        readers = breakdown["reader_last_packet_to_access_unit_ms"]
+        stages = [
+            ("livegate: camera's last packet of a frame in → livegate's last packet out",
+             breakdown["livegate_in_to_out_ms"]),
+            ("  of which: in → pushed into its encoding part (rtspsrc, depay, parse, hand-over)",
+             breakdown["livegate_in_to_encoding_part_ms"]),
+            ("  of which: encoding part → out (parse, pay, fan-out, SRTP, send)",
+             breakdown["livegate_encoding_part_to_out_ms"]),
+            ("reader (b): last packet → access unit (webrtcbin)", readers["whep"]),
+            ("reader (a): last packet → access unit (rtspsrc)", readers["rtsp"]),
+        ]
+        rows += ["", "| where the hop goes (kernel packet times on lo) | median ms | p95 ms"
+                 " | frames |", "|---|---:|---:|---:|"]
+        rows += [f"| {label} | {s['p50']} | {s['p95']} | {s['n']} |" for label, s in stages]
     labels = {
         "direct": "(a) windows: livegate ingesting, no viewer",
         "passthrough": "(b) passthrough, 1 WHEP + 1 HLS viewer",
         "transcode": "--transcode always, 1 WHEP + 1 HLS viewer",
     }
+    rows += ["", f"| CPU, cores (of {result['machine']['cores']}) | livegate | camera "
+             "| readers (this script) | whole machine |", "|---|---:|---:|---:|---:|"]
     for name, cores in result["cpu_cores"].items():
         rows.append(f"| {labels[name]} | {cores['livegate']} | {cores['camera']} | "
                     f"{cores['reader']} | {cores.get('machine')} |")
@@ -766,7 +925,19 @@ def check_prerequisites(args):
     if missing:
         fail(f"GStreamer elements missing: {', '.join(missing)} (scripts/install-deps)")
     if os.environ.get("LIVEGATE_NETNS") != "1":
-        log("warning: not inside scripts/netns-run; WebRTC may pick a real interface")
+        log("not inside scripts/netns-run: fine, everything stays on 127.0.0.1")
+
+
+def start_packet_clock(args):
+    if not args.packets:
+        return None
+    try:
+        clock = PacketClock()
+    except PermissionError:
+        log("no CAP_NET_RAW (run inside scripts/netns-run as root): no packet timing")
+        return None
+    clock.start()
+    return clock
 
 
 def parse_args(argv):
@@ -780,10 +951,12 @@ def parse_args(argv):
                         help="seconds skipped after a reader's first frame (default 3)")
     parser.add_argument("--transcode-windows", type=int, default=1, metavar="N",
                         help="windows with --transcode always, for comparison; 0 skips (default 1)")
-    parser.add_argument("--pattern", default="zone-plate,kx2=20,ky2=20,kt=1",
-                        help="camera picture (rtsp_server.py --pattern; default moving zone plate)")
+    parser.add_argument("--pattern", default=PATTERN,
+                        help=f"camera picture, rtsp_server.py --pattern (default {PATTERN})")
     parser.add_argument("--bitrate", type=int, default=4000, help="camera kbit/s (default 4000)")
     parser.add_argument("--profile", choices=["main", "high"], default="main")
+    parser.add_argument("--no-packets", dest="packets", action="store_false",
+                        help="skip the packet timing that splits the hop")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.warmup < 0 or args.transcode_windows < 0:
@@ -799,12 +972,13 @@ def main(argv):
     check_prerequisites(args)
     # SIGTERM unwinds like Ctrl-C, so the camera and livegate are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    packet_clock = start_packet_clock(args)
     with tempfile.TemporaryDirectory(prefix="livegate-camera-bench-") as folder:
         try:
-            result = run(args, folder)
+            result = run(args, folder, packet_clock)
         except RuntimeError as err:
-            fail(f"{err}\nlogs:\n{tail(Path(folder) / 'camera.log')}\n"
-                 f"{tail(Path(folder) / 'livegate-auto.log')}")
+            fail(f"{err}\n{tail(Path(folder) / 'camera.log')}\n"
+                 f"{tail(Path(folder) / 'livegate-auto' / 'log.json')}")
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

@@ -210,7 +210,7 @@ fn add_uri(
     decode.set_property("uri", uri);
     decode.connect("source-setup", false, |args| {
         let source = args[1].get::<gst::Element>().expect("source-setup passes the source");
-        if source.find_property("latency").is_some() && source.factory().is_some_and(|f| f.name() == "rtspsrc") {
+        if source.factory().is_some_and(|f| f.name() == "rtspsrc") {
             source.set_property("latency", RTSP_LATENCY_MS);
         }
         None

@@ -54,6 +54,8 @@ pub enum MediaError {
     EncoderUnavailable { encoder: &'static str, reason: String },
     #[error("camera {device}: {reason}")]
     Camera { device: String, reason: String },
+    #[error("file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
     #[error("stream {stream}: source does not build: {reason}")]
     Source { stream: String, reason: String },
     #[error("stream {stream}: cannot link the pipeline: {reason}")]

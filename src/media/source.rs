@@ -110,8 +110,8 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
         Source::Rtsp { url } => SourceBin::Uri { uri: url.clone(), live: true },
         Source::File { path } => {
             let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-            let uri = gst::glib::filename_to_uri(&absolute, None).map_err(|err| MediaError::Source {
-                stream: path.display().to_string(),
+            let uri = gst::glib::filename_to_uri(&absolute, None).map_err(|err| MediaError::File {
+                path: path.clone(),
                 reason: format!("not a usable file name: {err}"),
             })?;
             SourceBin::Uri { uri: uri.to_string(), live: false }

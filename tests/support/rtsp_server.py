@@ -13,10 +13,11 @@ H.264 from x264enc tuned for zero latency, a keyframe every 30 frames, no audio.
 --bframes without --profile implies main; x264 writes "baseline" as Constrained Baseline.
 
 --pattern picks the picture (any videotestsrc pattern, with videotestsrc properties after it):
-the ball compresses to ~0.2 Mbit/s at 1080p whatever --bitrate says, while a real camera spends
-its whole budget. `zone-plate,kx2=20,ky2=20,kt=1` (moving rings) makes x264 reach --bitrate with
-keyframes ~6x the size of the other frames, as cameras do; `smpte` reaches it too (its noise
-patch) for half the CPU, but with keyframes barely larger than the rest.
+the ball compresses to ~0.3 Mbit/s at 1080p whatever --bitrate says, while a real camera spends
+its whole budget. `smpte,horizontal-speed=4` (moving bars; their noise patch) makes x264 reach
+--bitrate for ~0.45 core at 1080p30, with keyframes not much larger than the other frames.
+`zone-plate,kx2=20,ky2=20,kt=1` (moving rings) reaches it with camera-like keyframes (~6x the
+other frames) but costs ~1 core, more than one thread can do in real time on a small machine.
 
 --strip draws the latency strip (docs/latency-strip.md) carrying each frame's capture
 time; --click overwrites the first 5 ms of every wall-clock second of the audio with a
@@ -328,7 +329,7 @@ def parse_args(argv):
                         help="a 5 ms click at the start of each wall-clock second")
     parser.add_argument("--strip", action="store_true", help="draw the latency strip")
     parser.add_argument("--pattern", type=pattern, default="ball", metavar="NAME[,PROP=VALUE...]",
-                        help="videotestsrc pattern and properties, e.g. zone-plate,kx2=20,ky2=20,kt=1"
+                        help="videotestsrc pattern and properties, e.g. smpte,horizontal-speed=4"
                         " (default ball)")
     args = parser.parse_args(argv)
     if not args.path.startswith("/"):
