@@ -1131,4 +1131,20 @@ mod tests {
         assert_eq!(turn.credential.as_deref(), Some("secret"));
         assert!("stun:alice:x@host".parse::<IceServer>().is_err());
     }
+
+    #[test]
+    fn audio_devices_are_alsa_pulse_or_auto() {
+        assert_eq!("auto".parse::<AudioDevice>(), Ok(AudioDevice::Auto));
+        assert_eq!("plughw:CARD=C920".parse::<AudioDevice>(), Ok(AudioDevice::Alsa("plughw:CARD=C920".into())));
+        assert_eq!("hw:1,0".parse::<AudioDevice>(), Ok(AudioDevice::Alsa("hw:1,0".into())));
+        assert_eq!(
+            "alsa_input.usb-046d_C920-02.analog-stereo".parse::<AudioDevice>(),
+            Ok(AudioDevice::Pulse("alsa_input.usb-046d_C920-02.analog-stereo".into()))
+        );
+        let err = "a\"b".parse::<AudioDevice>().unwrap_err();
+        assert!(err.contains(ACCEPTED_AUDIO_DEVICES), "{err}");
+        let c = load(&["--audio", "off", "--transcode", "never", "--audio-device", "hw:2"], &[]).unwrap();
+        assert_eq!((c.audio, c.transcode), (AudioMode::Off, TranscodeMode::Never));
+        assert_eq!(c.audio_device, Some(AudioDevice::Alsa("hw:2".into())));
+    }
 }

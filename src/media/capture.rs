@@ -32,8 +32,9 @@ pub enum Captured {
     Raw(gst::Buffer),
     /// An H.264 access unit (byte-stream) to forward as it is.
     H264(gst::Buffer),
-    /// Raw sound, `source::AUDIO_CAPS`.
-    Audio(gst::Buffer),
+    /// Raw sound, `source::AUDIO_CAPS`, and when (wall clock, ns since the epoch) it arrived: on
+    /// the source's streaming thread, before any queue can delay it.
+    Audio { samples: gst::Buffer, arrived_unix_ns: u64 },
     /// The streams the source turned out to have; `complete` once it has found them all.
     Layout(Layout),
 }
@@ -186,7 +187,12 @@ fn raw_sink(video: &VideoSettings, on_captured: Handler) -> gst::Element {
 }
 
 fn audio_sink(on_captured: Handler) -> gst::Element {
-    let sink = appsink("audio", ENCODED_QUEUED, move |buffer| on_captured(Captured::Audio(buffer)));
+    let sink = appsink("audio", ENCODED_QUEUED, move |samples| {
+        let arrived_unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        on_captured(Captured::Audio { samples, arrived_unix_ns })
+    });
     sink.set_caps(Some(&source::AUDIO_CAPS.parse::<gst::Caps>().expect("valid caps")));
     sink.upcast()
 }

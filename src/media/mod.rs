@@ -500,8 +500,8 @@ impl MediaStream {
                         continue;
                     }
                     let (frame, forwarded) = match captured {
-                        Captured::Audio(samples) => {
-                            encoder.push_audio(samples);
+                        Captured::Audio { samples, arrived_unix_ns } => {
+                            encoder.push_audio(samples, arrived_unix_ns);
                             continue;
                         }
                         Captured::Raw(frame) => (frame, false),

@@ -67,6 +67,8 @@ pub struct PipelineSettings<'a> {
 /// A built encoding pipeline; dropping it stops it.
 pub struct StreamPipeline {
     pipeline: gst::Pipeline,
+    /// Realtime-clock time (ns since the epoch) at running time 0.
+    base_time: gst::ClockTime,
     video_in: gst_app::AppSrc,
     /// None when forwarding: a camera's stream cannot be asked for a keyframe.
     encoder: Option<gst::Element>,
@@ -225,6 +227,7 @@ impl StreamPipeline {
             if settings.plan.audio { Some(add_audio(stream, &pipeline, &hls, base_time, on_audio)?) } else { None };
         Ok(StreamPipeline {
             pipeline,
+            base_time,
             video_in,
             encoder: encoder.map(|(encoder, _)| encoder),
             audio_in,
@@ -264,15 +267,19 @@ impl StreamPipeline {
         self.awaiting_keyframe.store(true, Ordering::Relaxed);
     }
 
-    /// Raw sound (`source::AUDIO_CAPS`), stamped like the video by when it arrived, less its
-    /// duration: its first sample was captured that long before its last.
-    pub fn push_audio(&self, mut samples: gst::Buffer) {
-        let (Some(audio_in), Some(now)) = (&self.audio_in, self.pipeline.current_running_time()) else { return };
+    /// Raw sound (`source::AUDIO_CAPS`) that arrived from the source at `arrived_unix_ns`,
+    /// stamped by when its first sample was captured: its duration before that. (The mixer takes
+    /// the first stamp for good and counts samples from it, so it must not carry the delay of
+    /// the hand-over to this thread.)
+    pub fn push_audio(&self, mut samples: gst::Buffer, arrived_unix_ns: u64) {
+        let Some(audio_in) = &self.audio_in else { return };
         let duration = gst::ClockTime::from_nseconds(
             samples.size() as u64 * 1_000_000_000 / (2 * source::AUDIO_CHANNELS as u64 * u64::from(source::AUDIO_RATE)),
         );
+        // The pipeline's clock is the realtime one: its running time is wall time less base time.
+        let arrived = gst::ClockTime::from_nseconds(arrived_unix_ns).saturating_sub(self.base_time);
         let writable = samples.make_mut();
-        writable.set_pts(now.saturating_sub(duration));
+        writable.set_pts(arrived.saturating_sub(duration));
         writable.set_dts(gst::ClockTime::NONE);
         writable.set_duration(duration);
         let _ = audio_in.push_buffer(samples);

@@ -125,7 +125,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Feedback {
 
 impl Interceptor for Feedback {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.local_ssrc = info.ssrc;
+        // DLRR answers go out as from the video: Chromium hands a report to the stream of the
+        // SSRC it comes from, and only the video's receiver asks for the round trip.
+        if info.mime_type.to_ascii_lowercase().starts_with("video/") {
+            self.local_ssrc = info.ssrc;
+        }
     }
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
