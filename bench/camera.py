@@ -55,6 +55,9 @@ WIDTH, HEIGHT, FPS = 1920, 1080, 30
 # than a frame time at 1080p30 on a small machine, and its latency then grows without bound.
 PATTERN = "smpte,horizontal-speed=4"
 CAMERA_VIDEO_PT = 96  # rtsp_server.py's
+# Cores other processes may use before a run is called disturbed (the kernel's own work,
+# softirqs for loopback traffic included, shows up here too).
+OTHERS_TOLERATED = 0.15
 
 # The strip (docs/latency-strip.md).
 CELLS = 48
@@ -171,9 +174,12 @@ class CpuWindow:
         self.machine[1] += now_total - total
 
     def cores(self):
+        """Cores of each process, of the whole machine, and of everything else on it: a busy
+        `others` means someone else's work disturbed the figures."""
         result = {name: round(t / CLK_TCK / self.seconds, 3) for name, t in self.ticks.items()}
-        if self.machine[1]:
-            result["machine"] = round(os.cpu_count() * self.machine[0] / self.machine[1], 3)
+        machine = os.cpu_count() * self.machine[0] / self.machine[1]
+        result["others"] = round(max(0.0, machine - sum(result.values())), 3)
+        result["machine"] = round(machine, 3)
         return result
 
 
@@ -725,7 +731,7 @@ class Bench:
             if self.packet_clock:
                 self.packet_clock.record()
             reader.record(True)
-            cpu.start(self.pids)
+            cpu.start(dict(self.pids, hls_reader=hls.process.pid) if hls else self.pids)
             began = time.monotonic()
             while time.monotonic() - began < self.args.seconds:
                 time.sleep(0.5)
@@ -846,6 +852,11 @@ def run(args, folder, packet_clock):
     }
     if packet_clock:
         result["hop_breakdown"] = hop_breakdown(direct, forwarded)
+    disturbed = {name: cores["others"] for name, cores in result["cpu_cores"].items()
+                 if cores["others"] > OTHERS_TOLERATED}
+    if disturbed:
+        log(f"warning: other work used CPU during the windows {disturbed} (cores): "
+            "the figures are disturbed, run again on a quiet machine")
     if transcoded:
         result["transcode"] = describe(transcoded)
         result["transcode"]["video"] = transcoded_stream.get("video")
@@ -907,10 +918,12 @@ def markdown(result):
         "transcode": "--transcode always, 1 WHEP + 1 HLS viewer",
     }
     rows += ["", f"| CPU, cores (of {result['machine']['cores']}) | livegate | camera "
-             "| readers (this script) | whole machine |", "|---|---:|---:|---:|---:|"]
+             "| readers (this script) | HLS reader | anything else | whole machine |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, cores in result["cpu_cores"].items():
         rows.append(f"| {labels[name]} | {cores['livegate']} | {cores['camera']} | "
-                    f"{cores['reader']} | {cores.get('machine')} |")
+                    f"{cores['reader']} | {cores.get('hls_reader', '')} | {cores['others']} | "
+                    f"{cores['machine']} |")
     return "\n".join(rows)
 
 
