@@ -91,6 +91,15 @@ fn camera_frames(viewer: &Viewer) -> u64 {
     seen.frames - seen.frames_with_strip
 }
 
+/// Waits until the viewer decoded `frames` frames of the camera (without a strip), or panics.
+async fn wait_for_camera_frames(viewer: &Viewer, frames: u64, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while camera_frames(viewer) < frames {
+        assert!(std::time::Instant::now() < deadline, "camera frames did not arrive: {:?}", viewer.seen());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The media sequence number of an HLS playlist.
 fn media_sequence(playlist: &str) -> u64 {
     playlist
@@ -109,11 +118,7 @@ async fn a_camera_away_for_10_s_is_a_slate_and_comes_back_by_itself() {
     gateway.wait_for_state("cam", "playing", START).await;
     let viewer = Viewer::new();
     viewer.connect_whep(&gateway.base, "cam").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while camera_frames(&viewer) < 30 {
-        assert!(std::time::Instant::now() < deadline, "camera frames did not arrive: {:?}", viewer.seen());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_camera_frames(&viewer, 30, Duration::from_secs(20)).await;
 
     // HLS: the media sequence only grows, whatever happens to the camera.
     let hls = common::client();
@@ -328,11 +333,7 @@ async fn transcode_always_decodes_and_encodes_even_a_forwardable_camera() {
     assert!(capture["elements"].as_str().unwrap().contains("avdec_h264"), "{capture}");
     let viewer = Viewer::new();
     viewer.connect_whep(&gateway.base, "cam").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while camera_frames(&viewer) < 30 {
-        assert!(std::time::Instant::now() < deadline, "no camera frames: {:?}", viewer.seen());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_camera_frames(&viewer, 30, Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -344,11 +345,7 @@ async fn an_h265_camera_is_transcoded_under_auto_and_refused_with_the_reason_und
     wait_for_transcoded(&gateway, "cam", true).await;
     let viewer = Viewer::new();
     viewer.connect_whep(&gateway.base, "cam").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while camera_frames(&viewer) < 30 {
-        assert!(std::time::Instant::now() < deadline, "no camera frames: {:?}", viewer.seen());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_camera_frames(&viewer, 30, Duration::from_secs(15)).await;
     drop(gateway);
 
     let gateway = Gateway::start(&["--stream", &source, "--transcode", "never"]);
@@ -368,9 +365,5 @@ async fn a_camera_with_b_frames_is_transcoded_once_they_show() {
     assert!(gateway.log_text().contains("B-frames, which WebRTC cannot carry"));
     let viewer = Viewer::new();
     viewer.connect_whep(&gateway.base, "cam").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while camera_frames(&viewer) < 30 {
-        assert!(std::time::Instant::now() < deadline, "no camera frames: {:?}", viewer.seen());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_camera_frames(&viewer, 30, Duration::from_secs(15)).await;
 }
