@@ -4,9 +4,9 @@
     scripts/netns-run /usr/bin/python3 bench/camera.py [--rounds 3] [--seconds 20] [--json FILE]
 
 The camera is tests/support/rtsp_server.py: 1920x1080 at 30 fps, H.264 main, 4 Mbit/s, a
-keyframe every second, AAC, and the latency strip (docs/latency-strip.md) carrying each frame's
-capture time. Everything runs on this machine, on 127.0.0.1, so the strip of a decoded frame
-gives its latency directly (wall clock now - capture time).
+keyframe every second, AAC (--audio), and the latency strip (docs/latency-strip.md) carrying
+each frame's capture time. Everything runs on this machine, on 127.0.0.1, so the strip of a
+decoded frame gives its latency directly (wall clock now - capture time).
 
   (a) direct:  the camera read by rtspsrc latency=0, decoded here;
   (b) gateway: the same camera through livegate --transcode auto (forwarded as it is), read over
@@ -625,7 +625,7 @@ class Camera:
         self.command = [
             "/usr/bin/python3", str(CAMERA_SCRIPT), str(self.port), "--size", f"{WIDTH}x{HEIGHT}",
             "--fps", str(FPS), "--profile", args.profile, "--bitrate", str(args.bitrate),
-            "--gop", str(FPS), "--audio", "aac", "--strip", "--pattern", args.pattern,
+            "--gop", str(FPS), "--audio", args.audio, "--strip", "--pattern", args.pattern,
         ]
         with open(self.log_path, "ab") as errors:
             self.process = spawn(self.command, stdout=subprocess.PIPE, stderr=errors)
@@ -836,6 +836,7 @@ def run(args, folder, packet_clock):
         "camera": {
             "command": " ".join(camera.command[1:]), "size": f"{WIDTH}x{HEIGHT}", "fps": FPS,
             "profile": args.profile, "bitrate_kbps": args.bitrate, "gop_frames": FPS,
+            "audio": args.audio,
             "pattern": args.pattern, "forwarded_as": forwarded_stream.get("video"),
         },
         "livegate": {
@@ -968,6 +969,8 @@ def parse_args(argv):
                         help=f"camera picture, rtsp_server.py --pattern (default {PATTERN})")
     parser.add_argument("--bitrate", type=int, default=4000, help="camera kbit/s (default 4000)")
     parser.add_argument("--profile", choices=["main", "high"], default="main")
+    parser.add_argument("--audio", choices=["aac", "opus", "none"], default="aac",
+                        help="the camera's sound (default aac)")
     parser.add_argument("--no-packets", dest="packets", action="store_false",
                         help="skip the packet timing that splits the hop")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON here")
