@@ -3,10 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-/// Reconnect every second for this long after a loss: a camera that reboots is back soon.
+/// Reconnect twice a second for this long after a loss: a camera that reboots or restarts its
+/// RTSP server is back soon, and its picture should be too (a refused connection costs nothing).
 pub const RECONNECT_FAST_FOR: Duration = Duration::from_secs(30);
-pub const RECONNECT_FAST: Duration = Duration::from_secs(1);
-/// After the fast phase, attempts back off (doubling, with jitter) to at most this.
+pub const RECONNECT_FAST: Duration = Duration::from_millis(500);
+/// After the fast phase, attempts back off from this (doubling, with jitter)…
+pub const RECONNECT_SLOW_FROM: Duration = Duration::from_secs(1);
+/// …to at most this.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// A rebuilt source gets this long to deliver its first frame before it is rebuilt again
 /// (an RTSP camera takes a moment to answer and send a keyframe).
@@ -18,7 +21,7 @@ pub fn reconnect_delay(lost_for: Duration, slow_attempts: u32, jitter: f64) -> D
     if lost_for < RECONNECT_FAST_FOR {
         return RECONNECT_FAST;
     }
-    let doubled = RECONNECT_FAST.saturating_mul(1 << slow_attempts.min(8)).min(RECONNECT_MAX);
+    let doubled = RECONNECT_SLOW_FROM.saturating_mul(1 << slow_attempts.min(8)).min(RECONNECT_MAX);
     // ±20 %, so many gateways do not retry a shared camera in lockstep.
     doubled.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(RECONNECT_MAX)
 }
@@ -114,10 +117,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnects_every_second_then_backs_off_to_five() {
+    fn reconnects_twice_a_second_then_backs_off_to_five() {
         let s = Duration::from_secs;
-        assert_eq!(reconnect_delay(s(0), 0, 0.5), s(1));
-        assert_eq!(reconnect_delay(s(29), 0, 0.9), s(1));
+        assert_eq!(reconnect_delay(s(0), 0, 0.5), Duration::from_millis(500));
+        assert_eq!(reconnect_delay(s(29), 0, 0.9), Duration::from_millis(500));
         assert_eq!(reconnect_delay(s(30), 0, 0.5), s(1));
         assert_eq!(reconnect_delay(s(31), 1, 0.5), s(2));
         assert_eq!(reconnect_delay(s(35), 2, 0.5), s(4));

@@ -176,6 +176,15 @@ impl Gateway {
         }
     }
 
+    /// Waits until the gateway has logged a line containing `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log_text().contains(text) {
+            assert!(Instant::now() < deadline, "the gateway never logged {text:?} in {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
