@@ -27,42 +27,8 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, Gst, GstVideo  # noqa: E402
 
-CELLS = 48
-LUMA_ONE = 235
-LUMA_ZERO = 16
-NEUTRAL_CHROMA = 128
-VALUE_MASK = (1 << 40) - 1
-
-
-def crc8(data):
-    """CRC-8/SMBUS: polynomial 0x07, init 0, no reflection, no final XOR."""
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def encode(unix_ms):
-    value = unix_ms & VALUE_MASK
-    word = value.to_bytes(5, "big")
-    return word + bytes([crc8(word)])
-
-
-assert crc8(b"123456789") == 0xF4
-assert encode(1_795_000_000_123) == bytes.fromhex("A1EE565E7BD4")  # the spec's worked example
-
-
-def strip_row(unix_ms, c):
-    """One luma row of the strip: 48 cells of c pixels, bit k of the word in cell k, MSB first."""
-    word = encode(unix_ms)
-    row = bytearray()
-    for cell in range(CELLS):
-        bit = word[cell // 8] & (0x80 >> (cell % 8))
-        row += bytes([LUMA_ONE if bit else LUMA_ZERO]) * c
-    return bytes(row)
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
+import strip  # noqa: E402
 
 # The Python bindings (without gst-python's overrides) map buffers as read-only copies and the
 # probe's buffer is shared with the binding's own reference, so the strip is written through
@@ -109,10 +75,9 @@ def main():
     caps = Gst.Caps.from_string(f"video/x-raw,format=I420,width={width},height={height},framerate={fps}/1")
     info = GstVideo.VideoInfo.new_from_caps(caps)
     offsets, strides = list(info.offset), list(info.stride)
-    c = width // CELLS
-    chroma_len = (CELLS * c + 1) // 2
+    c = width // strip.CELLS
     chroma_rows = (c + 1) // 2
-    chroma = bytes([NEUTRAL_CHROMA]) * chroma_len
+    chroma = strip.chroma_row(c)
     checked = []
 
     def draw(pad, probe_info):
@@ -130,12 +95,12 @@ def main():
             return Gst.PadProbeReturn.OK
         try:
             if m.size >= offsets[2] + strides[2] * chroma_rows:
-                row = strip_row(unix_ms, c)
+                row = strip.luma_row(unix_ms, c)
                 for y in range(c):
                     ctypes.memmove(m.data + offsets[0] + y * strides[0], row, len(row))
                 for plane in (1, 2):
                     for y in range(chroma_rows):
-                        ctypes.memmove(m.data + offsets[plane] + y * strides[plane], chroma, chroma_len)
+                        ctypes.memmove(m.data + offsets[plane] + y * strides[plane], chroma, len(chroma))
         finally:
             libgst.gst_buffer_unmap(ptr, ctypes.byref(m))
         return Gst.PadProbeReturn.OK

@@ -47,6 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CAMERA_SCRIPT = ROOT / "tests/support/rtsp_server.py"
+sys.path.insert(0, str(CAMERA_SCRIPT.parent))
+import strip  # noqa: E402
 STREAM = "cam"
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
 # Moving bars whose noise patch makes x264 spend the whole bitrate (the ball would use 0.3 of
@@ -59,9 +61,7 @@ CAMERA_VIDEO_PT = 96  # rtsp_server.py's
 # softirqs for loopback traffic included, shows up here too).
 OTHERS_TOLERATED = 0.15
 
-# The strip (docs/latency-strip.md).
-CELLS = 48
-VALUE_MOD = 1 << 40
+# A strip older than this is a misread, not a latency.
 MAX_PLAUSIBLE_MS = 600_000
 
 # Everything after the depayloader is shared by both readers, so decoding costs them the same.
@@ -186,16 +186,6 @@ class CpuWindow:
 # --- The latency strip ----------------------------------------------------------------------
 
 
-def crc8(data):
-    """CRC-8/SMBUS: polynomial 0x07, init 0, no reflection, no final XOR."""
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
 class StripDecoder:
     """Reads the strip the camera drew on a frame `source_width` wide.
 
@@ -205,7 +195,7 @@ class StripDecoder:
     """
 
     def __init__(self, source_width):
-        self.source_cell = source_width // CELLS
+        self.source_cell = source_width // strip.CELLS
         self.source_width = source_width
         self.caps = None
 
@@ -215,7 +205,7 @@ class StripDecoder:
         lo, hi = round(cell / 4), max(round(cell / 4) + 1, round(3 * cell / 4))
         self.stride = info.stride[0]
         self.rows = range(lo, hi)
-        self.columns = [(int(k * cell) + lo, int(k * cell) + hi) for k in range(CELLS)]
+        self.columns = [(int(k * cell) + lo, int(k * cell) + hi) for k in range(strip.CELLS)]
         self.threshold = 128 * (hi - lo) * (hi - lo)
         self.extent = hi * self.stride
         self.caps = caps
@@ -230,8 +220,7 @@ class StripDecoder:
         word = 0
         for x0, x1 in self.columns:
             word = word << 1 | (sum(sum(line[x0:x1]) for line in lines) > self.threshold)
-        value, crc = word >> 8, word & 0xFF
-        return value if crc8(value.to_bytes(5, "big")) == crc else None
+        return strip.value_of(word)
 
 
 # --- Readers ----------------------------------------------------------------------------------
@@ -289,7 +278,7 @@ class Reader:
             arrived = self.arrivals.pop(sample.get_buffer().pts, None)
             latency = None
             if value is not None:
-                latency = (now_ns // 1_000_000 - value) % VALUE_MOD + now_ns % 1_000_000 / 1e6
+                latency = (now_ns // 1_000_000 - value) % strip.VALUE_MOD + now_ns % 1_000_000 / 1e6
             if latency is None or latency > MAX_PLAUSIBLE_MS:
                 self.unreadable += self.recording
                 return Gst.FlowReturn.OK

@@ -41,6 +41,8 @@ gi.require_version("GstRtspServer", "1.0")
 gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer, GstVideo  # noqa: E402
 
+import strip  # noqa: E402  (beside this script)
+
 Gst.init(None)
 
 AUDIO_RATE = 48000
@@ -48,30 +50,6 @@ AUDIO_CHANNELS = 2
 CLICK_NS = 5_000_000
 CLICK_HALF_PERIOD_NS = 250_000
 CLICK_LEVEL = 26000
-
-# The latency strip, exactly as src/media/strip.rs draws it.
-STRIP_CELLS = 48
-LUMA_ONE = 235
-LUMA_ZERO = 16
-NEUTRAL_CHROMA = 128
-STRIP_VALUE_MASK = (1 << 40) - 1
-
-
-def crc8(data):
-    """CRC-8/SMBUS: polynomial 0x07, init 0, no reflection, no final XOR."""
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def strip_word(unix_ms):
-    """The 48-bit word for capture time `unix_ms`, as six big-endian bytes."""
-    value = (unix_ms & STRIP_VALUE_MASK).to_bytes(5, "big")
-    return value + bytes([crc8(value)])
-
 
 # --- Writable access to buffers in pad probes -----------------------------------------
 #
@@ -221,12 +199,10 @@ class StripPainter:
         self.caps = caps
         self.offsets = list(info.offset[:3])
         self.strides = list(info.stride[:3])
-        c = info.width // STRIP_CELLS
-        self.cell = c
-        self.cells = (bytes([LUMA_ZERO]) * c, bytes([LUMA_ONE]) * c)
+        self.cell = info.width // strip.CELLS
+        self.chroma_row = strip.chroma_row(self.cell)
         # Chroma is subsampled by two both ways; round up so odd cell sizes stay covered.
-        self.chroma_row = bytes([NEUTRAL_CHROMA]) * -(-STRIP_CELLS * c // 2)
-        self.chroma_rows = -(-c // 2)
+        self.chroma_rows = -(-self.cell // 2)
 
     def __call__(self, buffer, capture_ns, data, size):
         self._update()
@@ -235,9 +211,8 @@ class StripPainter:
         if meta:  # the upstream pool may lay the planes out its own way
             meta = _VideoMeta.from_address(meta)
             offsets, strides = list(meta.offset[:3]), list(meta.stride[:3])
-        word = strip_word(capture_ns // 1_000_000)
         # Whole rows at once: pixel by pixel, Python would not keep up with 1080p.
-        row = b"".join(self.cells[word[k // 8] >> (7 - k % 8) & 1] for k in range(STRIP_CELLS))
+        row = strip.luma_row(capture_ns // 1_000_000, self.cell)
         writes = [(offsets[0], strides[0], self.cell, row)]
         writes += [(offsets[p], strides[p], self.chroma_rows, self.chroma_row) for p in (1, 2)]
         if any(o + (n - 1) * s + len(r) > size for o, s, n, r in writes if n):
@@ -340,8 +315,8 @@ def parse_args(argv):
         parser.error(f"the {args.profile} profile has no B-frames")
     if args.click and args.audio == "none":
         parser.error("--click needs --audio aac or opus")
-    if args.strip and args.size[0] // STRIP_CELLS < 2:
-        parser.error(f"--strip needs a frame at least {2 * STRIP_CELLS} pixels wide")
+    if args.strip and args.size[0] // strip.CELLS < 2:
+        parser.error(f"--strip needs a frame at least {2 * strip.CELLS} pixels wide")
     return args
 
 
