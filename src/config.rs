@@ -11,7 +11,7 @@ use std::str::FromStr;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::redact::{Secret, Secrets};
+use crate::redact::{redact, Secret, Secrets};
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443);
 pub const DEFAULT_STREAM_NAME: &str = "live";
@@ -73,10 +73,14 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
     /// A stream, repeatable: NAME=SOURCE, SOURCE one of test, v4l2:/dev/videoN, rtsp://…,
-    /// file:PATH, gst:<launch fragment> [default: live=test].
+    /// file:PATH, gst:<launch fragment>, whep:https://… [default: live=test].
     #[arg(long = "stream", value_name = "NAME=SOURCE")]
     #[serde(rename = "stream")]
     pub streams: Option<Vec<StreamSpec>>,
+    /// Publish a stream to a WHIP server, repeatable: NAME=URL (https://…, or http:// to a
+    /// loopback address); a bearer token goes in the config file's [[publish]] table.
+    #[arg(long = "publish", value_name = "NAME=URL")]
+    pub publish: Option<Vec<PublishSpec>>,
     /// Encoded width in pixels [default: 1280].
     #[arg(long)]
     pub width: Option<u32>,
@@ -208,7 +212,7 @@ macro_rules! layer_fields {
 impl Settings {
     /// `self` wins wherever it has a value.
     fn over(self, lower: Settings) -> Settings {
-        layer_fields!(self, lower; listen, streams, width, height, fps, bitrate, encoder, source_timeout,
+        layer_fields!(self, lower; listen, streams, publish, width, height, fps, bitrate, encoder, source_timeout,
             audio, audio_device, transcode, latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
             webrtc_port, webrtc_tcp_port, webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
             admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
@@ -252,14 +256,107 @@ pub fn env_var_name(long_flag: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Test,
-    V4l2 { device: PathBuf },
-    Rtsp { url: String },
-    File { path: PathBuf },
-    Gst { launch: String },
+    V4l2 {
+        device: PathBuf,
+    },
+    Rtsp {
+        url: String,
+    },
+    File {
+        path: PathBuf,
+    },
+    Gst {
+        launch: String,
+    },
+    /// Another livegate, or any WHEP server: taken as a WHEP viewer.
+    Whep(Upstream),
 }
 
-pub const ACCEPTED_SOURCES: &str =
-    "one of test, v4l2:/dev/videoN, rtsp://…, rtsps://…, file:PATH, gst:<launch fragment>";
+pub const ACCEPTED_SOURCES: &str = "one of test, v4l2:/dev/videoN, rtsp://…, rtsps://…, file:PATH, \
+     gst:<launch fragment>, whep:https://…, whep+insecure:https://…";
+
+/// A server livegate connects to (a WHEP origin, a WHIP ingest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub url: ServerUrl,
+    pub token: Option<BearerToken>,
+    /// Accept any certificate (`whep+insecure:`): for a self-signed origin on a trusted network.
+    pub insecure: bool,
+    /// PEM certificates, one of which signs the server's.
+    pub ca: Option<PathBuf>,
+}
+
+impl Upstream {
+    fn new(url: ServerUrl) -> Upstream {
+        Upstream { url, token: None, insecure: false, ca: None }
+    }
+}
+
+/// The URL of a server livegate connects to: `https:`, or `http:` to a loopback address (a
+/// token must not cross a network in clear text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl(pub reqwest::Url);
+
+pub const ACCEPTED_SERVER_URLS: &str =
+    "an https:// URL, or http:// to a loopback address (127.0.0.1, [::1], localhost)";
+
+impl FromStr for ServerUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(s.trim())
+            .map_err(|err| format!("{:?} is not a URL ({err}); accepted: {ACCEPTED_SERVER_URLS}", redact(s)))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => Ok(ServerUrl(url)),
+            "http" if loopback => Ok(ServerUrl(url)),
+            _ => Err(format!("{:?}: accepted: {ACCEPTED_SERVER_URLS}", redact(s))),
+        }
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(self.0.as_str()))
+    }
+}
+
+/// A bearer token for a server livegate connects to: given in the config, or read from a file
+/// at each connection (so a mounted Secret can rotate it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerToken {
+    Given(Secret),
+    File(PathBuf),
+}
+
+impl BearerToken {
+    /// Either `token` or `token_file`, not both.
+    fn from_settings(token: Option<String>, token_file: Option<PathBuf>) -> Result<Option<BearerToken>, String> {
+        match (token, token_file) {
+            (Some(_), Some(file)) => {
+                Err(format!("both token and token_file ({}); accepted: one of them", file.display()))
+            }
+            (Some(token), None) => Ok(Some(BearerToken::Given(token.parse()?))),
+            (None, Some(file)) => Ok(Some(BearerToken::File(file))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The token now: a file is read again each time.
+    pub fn read(&self) -> Result<Secret, String> {
+        match self {
+            BearerToken::Given(token) => Ok(token.clone()),
+            BearerToken::File(path) => std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read token_file {}: {err}", path.display()))?
+                .parse()
+                .map_err(|err| format!("token_file {}: {err}", path.display())),
+        }
+    }
+}
 
 impl FromStr for Source {
     type Err = String;
@@ -284,6 +381,10 @@ impl FromStr for Source {
             Ok(Source::File { path: non_empty(rest, "file path")?.into() })
         } else if let Some(rest) = s.strip_prefix("gst:") {
             Ok(Source::Gst { launch: non_empty(rest, "gst launch fragment")? })
+        } else if let Some(rest) = s.strip_prefix("whep+insecure:") {
+            Ok(Source::Whep(Upstream { insecure: true, ..Upstream::new(rest.parse()?) }))
+        } else if let Some(rest) = s.strip_prefix("whep:") {
+            Ok(Source::Whep(Upstream::new(rest.parse()?)))
         } else {
             Err(format!("unknown source {s:?}; accepted: {ACCEPTED_SOURCES}"))
         }
@@ -294,13 +395,14 @@ impl FromStr for Source {
 /// and `--check-config` print.
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::redact::redact;
         match self {
             Source::Test => f.write_str("test"),
             Source::V4l2 { device } => write!(f, "v4l2:{}", device.display()),
             Source::Rtsp { url } => f.write_str(&redact(url)),
             Source::File { path } => write!(f, "file:{}", path.display()),
             Source::Gst { launch } => write!(f, "gst:{}", redact(launch)),
+            Source::Whep(upstream) if upstream.insecure => write!(f, "whep+insecure:{}", upstream.url),
+            Source::Whep(upstream) => write!(f, "whep:{}", upstream.url),
         }
     }
 }
@@ -341,13 +443,72 @@ impl<'de> Deserialize<'de> for StreamSpec {
         #[serde(untagged)]
         enum Raw {
             Short(String),
-            Table { name: String, source: String },
+            Table(Table),
         }
-        match Raw::deserialize(d)? {
-            Raw::Short(s) => s.parse(),
-            Raw::Table { name, source } => StreamSpec::new(&name, &source),
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            name: String,
+            source: String,
+            token: Option<String>,
+            token_file: Option<PathBuf>,
+            source_ca: Option<PathBuf>,
         }
-        .map_err(serde::de::Error::custom)
+        let table = match Raw::deserialize(d)? {
+            Raw::Short(s) => return s.parse().map_err(serde::de::Error::custom),
+            Raw::Table(table) => table,
+        };
+        let mut spec = StreamSpec::new(&table.name, &table.source).map_err(serde::de::Error::custom)?;
+        let token = BearerToken::from_settings(table.token, table.token_file).map_err(serde::de::Error::custom)?;
+        match &mut spec.source {
+            Source::Whep(upstream) => {
+                upstream.token = token;
+                upstream.ca = table.source_ca;
+            }
+            _ if token.is_some() || table.source_ca.is_some() => {
+                return Err(serde::de::Error::custom(format!(
+                    "stream {}: token, token_file and source_ca are for whep: sources only",
+                    table.name
+                )))
+            }
+            _ => {}
+        }
+        Ok(spec)
+    }
+}
+
+/// A stream published to a WHIP server: `NAME=URL` on the command line, a `[[publish]]`
+/// table (`stream`, `url`, `token` or `token_file`) in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSpec {
+    pub stream: String,
+    pub to: Upstream,
+}
+
+impl FromStr for PublishSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (stream, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{:?} is not NAME=URL; URL is {ACCEPTED_SERVER_URLS}", redact(s)))?;
+        Ok(PublishSpec { stream: stream.trim().to_owned(), to: Upstream::new(url.parse()?) })
+    }
+}
+
+impl<'de> Deserialize<'de> for PublishSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            stream: String,
+            url: String,
+            token: Option<String>,
+            token_file: Option<PathBuf>,
+        }
+        let table = Table::deserialize(d)?;
+        let url = table.url.parse().map_err(serde::de::Error::custom)?;
+        let token = BearerToken::from_settings(table.token, table.token_file).map_err(serde::de::Error::custom)?;
+        Ok(PublishSpec { stream: table.stream, to: Upstream { token, ..Upstream::new(url) } })
     }
 }
 
@@ -731,6 +892,7 @@ pub struct ClientLimits {
 pub struct Config {
     pub listen: SocketAddr,
     pub streams: Vec<StreamSpec>,
+    pub publish: Vec<PublishSpec>,
     pub video: VideoSettings,
     pub encoder: EncoderChoice,
     pub latency_strip: bool,
@@ -795,6 +957,11 @@ impl Config {
         }
         if streams.is_empty() {
             return Err(invalid("stream", "[]", "at least one stream"));
+        }
+        let publish = s.publish.unwrap_or_default();
+        if let Some(unknown) = publish.iter().find(|p| !names.contains(p.stream.as_str())) {
+            let known: Vec<&str> = names.iter().copied().collect();
+            return Err(invalid("publish", &unknown.stream, format!("the name of a stream: {}", known.join(", "))));
         }
 
         let width = s.width.unwrap_or(DEFAULT_WIDTH);
@@ -897,6 +1064,7 @@ impl Config {
         Ok(Config {
             listen: s.listen.unwrap_or(DEFAULT_LISTEN),
             streams,
+            publish,
             video: VideoSettings { width, height, fps, bitrate_kbps: s.bitrate.unwrap_or(DEFAULT_BITRATE).kbps },
             encoder: s.encoder.unwrap_or(EncoderChoice::Auto),
             latency_strip: s.latency_strip.unwrap_or(false),
@@ -947,6 +1115,9 @@ impl fmt::Display for Config {
         writeln!(f, "listen = {}", self.listen)?;
         for stream in &self.streams {
             writeln!(f, "stream {} = {}", stream.name, stream.source)?;
+        }
+        for publication in &self.publish {
+            writeln!(f, "publish {} to {}", publication.stream, publication.to.url)?;
         }
         writeln!(f, "video = {}x{} @ {} fps, {} kbit/s", v.width, v.height, v.fps, v.bitrate_kbps)?;
         writeln!(
@@ -1146,5 +1317,42 @@ mod tests {
         let c = load(&["--audio", "off", "--transcode", "never", "--audio-device", "hw:2"], &[]).unwrap();
         assert_eq!((c.audio, c.transcode), (AudioMode::Off, TranscodeMode::Never));
         assert_eq!(c.audio_device, Some(AudioDevice::Alsa("hw:2".into())));
+    }
+
+    #[test]
+    fn publications_and_whep_sources_name_servers_livegate_may_send_a_token_to() {
+        let c = load(&["--publish", "live=https://ingest.example.net/whip/cam1"], &[]).unwrap();
+        assert_eq!(c.publish[0].stream, "live");
+        assert_eq!(c.publish[0].to.url.0.as_str(), "https://ingest.example.net/whip/cam1");
+        assert!(load(&["--publish", "live=http://127.0.0.1:8889/whip"], &[]).is_ok(), "plain HTTP on loopback");
+        let err = load(&["--publish", "live=http://ingest.example.net/whip"], &[]).unwrap_err().to_string();
+        assert!(err.contains(ACCEPTED_SERVER_URLS), "{err}");
+        let err = load(&["--publish", "cam=https://ingest.example.net/whip"], &[]).unwrap_err().to_string();
+        assert!(err.contains("cam") && err.contains("live"), "names the unknown stream and the known: {err}");
+
+        let toml = r#"
+            [[stream]]
+            name = "relayed"
+            source = "whep+insecure:https://origin.example.net:8443/whep/live"
+            token_file = "/run/secrets/origin-token"
+            source_ca = "/etc/ca.pem"
+            [[publish]]
+            stream = "relayed"
+            url = "https://ingest.example.net/whip/relayed"
+            token = "publish-token-7"
+        "#;
+        let s = Settings::from_toml(Path::new("t.toml"), toml).unwrap();
+        let c = Config::resolve(s, |_| None).unwrap();
+        let Source::Whep(upstream) = &c.streams[0].source else { panic!("{:?}", c.streams[0].source) };
+        assert!(upstream.insecure);
+        assert_eq!(upstream.token, Some(BearerToken::File("/run/secrets/origin-token".into())));
+        assert_eq!(upstream.ca.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(c.publish[0].to.token.as_ref().unwrap().read().unwrap().expose(), "publish-token-7");
+        assert!(!c.to_string().contains("publish-token-7"), "the token is never shown");
+        let both =
+            "[[publish]]\nstream = \"live\"\nurl = \"https://a.example/w\"\ntoken = \"x\"\ntoken_file = \"/f\"\n";
+        assert!(Settings::from_toml(Path::new("t.toml"), both).is_err());
+        let not_whep = "[[stream]]\nname = \"cam\"\nsource = \"test\"\ntoken = \"x\"\n";
+        assert!(Settings::from_toml(Path::new("t.toml"), not_whep).is_err());
     }
 }

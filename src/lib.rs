@@ -14,6 +14,7 @@
 //!   type; a viewer that lags drops packets, is counted and resumes at the next keyframe.
 //! - [`signalling`]: the WebSocket protocol and WHEP, as serde types and pure session logic
 //!   with thin transports; it drives `webrtc` and limits what each client address may do.
+//! - [`relay`]: livegate as a client of other servers: publishing over WHIP, sources over WHEP.
 //! - [`places`]: places counted per key (viewers per stream, pending sessions per address).
 //! - [`http`]: the axum router over rustls: who is asking (address, credential), player page,
 //!   `/api`, signalling, HLS files, security headers.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod media;
 pub mod places;
 pub mod redact;
+pub mod relay;
 pub mod signalling;
 pub mod webrtc;
 
@@ -110,6 +112,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .context("media setup failed")?,
     );
     let webrtc = Arc::new(webrtc::WebRtc::new(config.webrtc.clone(), stop.clone()).context("WebRTC setup failed")?);
+    let publications = Arc::new(
+        relay::publish::start(&config.publish, webrtc.clone(), |stream| {
+            signalling::Feeds::feed(media.as_ref(), stream)
+        })
+        .context("WHIP publishing setup failed")?,
+    );
+    let relayed =
+        relay::source::start(&media, webrtc.clone(), config.audio, stop.clone()).context("WHEP source setup failed")?;
     let signalling = Arc::new(signalling::Signalling {
         webrtc: webrtc.clone(),
         feeds: media.clone(),
@@ -123,8 +133,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config: config.clone(),
         media: media.clone(),
         webrtc: webrtc.clone(),
+        publications: publications.clone(),
         auth: auth.clone(),
-        metrics: http::metrics::Metrics::new(media.clone(), webrtc.clone(), tls.is_some().then_some(certificate)),
+        metrics: http::metrics::Metrics::new(
+            media.clone(),
+            webrtc.clone(),
+            publications.clone(),
+            tls.is_some().then_some(certificate),
+        ),
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(local_addr = %local, url = %format!("{scheme}://{local}/"), "listening");
@@ -141,9 +157,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let server = tokio::spawn(http::serve(http::router(state, signalling), listener, tls, stop.clone()));
     shutdown.await;
     tracing::info!("shutting down");
+    publications.stop().await;
     webrtc.close_all().await;
     stop.cancel();
     server.await.context("HTTP server task failed")?.context("HTTP server failed")?;
+    relayed.wait().await;
     media.stopped().await;
     drop(media);
     tracing::info!("stopped");

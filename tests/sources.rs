@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::peer::{Offer, Viewer};
-use common::Gateway;
+use common::{free_port, Gateway, ReadyChild};
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(30);
@@ -44,7 +43,7 @@ async fn a_file_loops_and_keeps_playing_with_the_strip_drawn_on_request() {
     assert_eq!(gateway.stream("clip").await["state"], "playing");
 }
 
-struct RtspCamera(Child);
+struct RtspCamera(ReadyChild);
 
 impl RtspCamera {
     fn start(port: u16) -> RtspCamera {
@@ -53,35 +52,14 @@ impl RtspCamera {
 
     /// A camera as `tests/support/rtsp_server.py` takes its options (`--profile high`, …).
     fn with(port: u16, options: &[&str]) -> RtspCamera {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/rtsp_server.py"))
-            .arg(port.to_string())
-            .args(options)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the RTSP server (needs python3-gi and gir1.2-gst-rtsp-server-1.0)");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-        assert_eq!(ready.trim(), "ready");
-        RtspCamera(child)
+        RtspCamera(ReadyChild::python("rtsp_server.py", port, options))
     }
-}
-
-impl Drop for RtspCamera {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl RtspCamera {
     /// Stops (or resumes) sending video while keeping the RTSP session up.
     fn toggle_stall(&self) {
-        let _ = Command::new("kill").args(["-USR1", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-USR1", &self.0 .0.id().to_string()]).status();
     }
 }
 
@@ -247,17 +225,6 @@ async fn an_encoder_restart_continues_the_one_hls_playlist_after_a_discontinuity
     assert_eq!(gateway.stream("live").await["state"], "playing");
 }
 
-/// The fields of the newest log line saying `message`.
-fn last_log(gateway: &Gateway, message: &str) -> Value {
-    gateway
-        .log_text()
-        .lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["message"] == message)
-        .unwrap_or_else(|| panic!("no log line {message:?}"))
-}
-
 /// Waits until the stream says whether its video is transcoded, as `transcoded`.
 async fn wait_for_transcoded(gateway: &Gateway, stream: &str, transcoded: bool) -> Value {
     let deadline = std::time::Instant::now() + START;
@@ -285,12 +252,12 @@ async fn a_high_profile_camera_is_forwarded_with_its_sound_and_never_decoded() {
     assert_eq!(info["audio"]["webrtc"], "opus", "{info}");
 
     // What was built: no decoder for the video, and no encoder for it either.
-    let capture = last_log(&gateway, "source streams found");
+    let capture = gateway.last_log("source streams found");
     let elements = capture["elements"].as_str().unwrap();
     assert!(elements.contains("rtph264depay") && elements.contains("h264parse"), "{elements}");
     assert!(!elements.contains("avdec_h264"), "the camera's video is never decoded: {elements}");
     assert!(elements.contains("avdec_aac"), "its sound is: {elements}");
-    let encoding = last_log(&gateway, "encoding part started");
+    let encoding = gateway.last_log("encoding part started");
     let elements = encoding["elements"].as_str().unwrap();
     assert!(!elements.contains("x264enc") && !DECODERS.iter().any(|d| elements.contains(d)), "{elements}");
 
@@ -329,7 +296,7 @@ async fn transcode_always_decodes_and_encodes_even_a_forwardable_camera() {
     let gateway = Gateway::start(&["--stream", &source, "--transcode", "always", "--width", "640", "--height", "360"]);
     let info = wait_for_transcoded(&gateway, "cam", true).await;
     assert_eq!(info["video"]["profile"], "constrained-baseline", "{info}");
-    let capture = last_log(&gateway, "source streams found");
+    let capture = gateway.last_log("source streams found");
     assert!(capture["elements"].as_str().unwrap().contains("avdec_h264"), "{capture}");
     let viewer = Viewer::new();
     viewer.connect_whep(&gateway.base, "cam").await;

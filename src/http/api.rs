@@ -12,6 +12,7 @@ use super::AppState;
 use crate::auth::{Access, Denied};
 use crate::config::IceServer;
 use crate::media::{AudioOutput, StreamState, VideoOutput};
+use crate::relay::publish::PublicationView;
 use crate::webrtc::stats::Counters;
 
 /// What a viewer may know of a stream: enough to play it.
@@ -47,6 +48,9 @@ pub struct StreamInfo {
     pub packets_sent: u64,
     /// Packets viewers missed because they lagged, or skipped until a keyframe.
     pub packets_dropped: u64,
+    /// Where the stream is published over WHIP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PublicationView>,
 }
 
 pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
@@ -81,6 +85,7 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
                 viewers: state.webrtc.viewer_count(name),
                 packets_sent,
                 packets_dropped,
+                publish: state.publications.of(name).map(|p| p.view()).collect(),
             }
         })
         .collect()

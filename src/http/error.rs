@@ -27,9 +27,10 @@ impl IntoResponse for SignallingError {
             SignallingError::WebRtc(WebRtcError::Offer(_) | WebRtcError::Candidate { .. }) => StatusCode::BAD_REQUEST,
             // The offer is fine, but this stream's video is not among what it accepts.
             SignallingError::WebRtc(WebRtcError::NoCommonCodec { .. }) => StatusCode::NOT_ACCEPTABLE,
-            SignallingError::WebRtc(WebRtcError::Setup(_) | WebRtcError::Bind { .. } | WebRtcError::SharedPort(_)) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            // Answers come from servers livegate calls, never through its own HTTP.
+            SignallingError::WebRtc(
+                WebRtcError::Setup(_) | WebRtcError::Bind { .. } | WebRtcError::SharedPort(_) | WebRtcError::Answer(_),
+            ) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %self, "request failed");

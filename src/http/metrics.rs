@@ -24,6 +24,7 @@ use super::tls::CertificateStatus;
 use super::AppState;
 use crate::auth::{Access, Denied};
 use crate::media::{Media, StreamState};
+use crate::relay::publish::{Publication, PublicationState, Publications};
 use crate::signalling::SIGNALLING_KINDS;
 use crate::webrtc::stats::{Counters, Ended};
 use crate::webrtc::viewer::TRANSPORTS;
@@ -43,7 +44,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// `certificate` is the TLS certificate's status, when livegate serves TLS itself.
-    pub fn new(media: Arc<Media>, webrtc: Arc<WebRtc>, certificate: Option<Arc<CertificateStatus>>) -> Metrics {
+    pub fn new(
+        media: Arc<Media>,
+        webrtc: Arc<WebRtc>,
+        publications: Arc<Publications>,
+        certificate: Option<Arc<CertificateStatus>>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -52,7 +58,7 @@ impl Metrics {
             requests.clone(),
         );
         registry.register_collector(Box::new(GatewayCollector { webrtc: webrtc.clone(), certificate }));
-        registry.register_collector(Box::new(StreamCollector { media, webrtc }));
+        registry.register_collector(Box::new(StreamCollector { media, webrtc, publications }));
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, requests }
     }
@@ -138,6 +144,7 @@ fn gauge(
 struct StreamCollector {
     media: Arc<Media>,
     webrtc: Arc<WebRtc>,
+    publications: Arc<Publications>,
 }
 
 impl fmt::Debug for StreamCollector {
@@ -208,7 +215,7 @@ impl Collector for StreamCollector {
             e,
             (
                 "livegate_webrtc_viewers",
-                "WebRTC viewers by signalling (websocket, whep) and transport (udp, tcp, or connecting)",
+                "WebRTC viewers by signalling (websocket, whep, or whip: our publications) and transport (udp, tcp, or connecting)",
                 None,
             ),
             streams.iter().flat_map(|s| {
@@ -271,6 +278,18 @@ impl Collector for StreamCollector {
             &c.packets_retransmitted
         })?;
         webrtc(e, ("livegate_keyframe_requests", "PLI and FIR received from viewers", None), |c| &c.keyframe_requests)?;
+        let publications = &self.publications.all;
+        let publication = |p: &Publication| vec![("stream", p.stream.clone()), ("url", p.url.clone())];
+        gauge(
+            e,
+            ("livegate_publish_up", "1 while a WHIP publication's server takes the stream, else 0", None),
+            publications.iter().map(|p| (publication(p), i64::from(p.view().state == PublicationState::Publishing))),
+        )?;
+        counter(
+            e,
+            ("livegate_publish_reconnects", "Times a WHIP publication was tried again after failing", None),
+            publications.iter().map(|p| (publication(p), p.reconnects())),
+        )?;
         Ok(())
     }
 }

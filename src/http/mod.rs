@@ -30,6 +30,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub media: Arc<Media>,
     pub webrtc: Arc<WebRtc>,
+    pub publications: Arc<crate::relay::publish::Publications>,
     pub auth: Arc<Auth>,
     pub metrics: metrics::Metrics,
 }

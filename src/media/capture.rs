@@ -2,15 +2,18 @@
 //! (raw frames, or H.264 to forward as it is) and its sound to the encoding part. It may fail,
 //! stall and be rebuilt; the encoding part never notices.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
+use super::inlet::RtpInlet;
 use super::passthrough::{self, H264Profile};
-use super::pipeline::{appsink, make, raw_caps, realtime_clock};
+use super::pipeline::{appsink, live_appsrc, make, raw_caps, realtime_clock};
 use super::source::{self, CaptureClock, SourceBin, SourceOptions};
 use super::{strip, MediaError};
 use crate::config::{AudioDevice, Source, TranscodeMode, VideoSettings};
@@ -19,8 +22,11 @@ use crate::config::{AudioDevice, Source, TranscodeMode, VideoSettings};
 const FRAMES_QUEUED: u32 = 2;
 /// Encoded frames and audio buffers waiting: dropping one of these costs more than a frame.
 const ENCODED_QUEUED: u32 = 30;
-/// How long an RTSP camera's packets wait for reordering (rtspsrc's default is 2 s).
-const RTSP_LATENCY_MS: u32 = 200;
+/// How long an RTSP camera's or a WHEP origin's packets wait for reordering and retransmission
+/// (rtspsrc's default is 2 s). Packets in order pass at once.
+const RTP_LATENCY_MS: u32 = 200;
+/// RTP packets waiting in an inlet's appsrc: about a second of 4 Mbit/s video.
+const RTP_QUEUED: u64 = 512;
 /// The click on every full second of the test source's tone: long enough to find, short enough
 /// to place within a millisecond.
 const CLICK_NS: u64 = 5_000_000;
@@ -60,6 +66,8 @@ pub struct CaptureOptions {
     pub audio: bool,
     pub audio_device: Option<AudioDevice>,
     pub transcode: TranscodeMode,
+    /// Where RTP sources (WHEP) hand their packets in.
+    pub inlet: Arc<RtpInlet>,
 }
 
 type Handler = Arc<dyn Fn(Captured) + Send + Sync>;
@@ -67,6 +75,8 @@ type Handler = Arc<dyn Fn(Captured) + Send + Sync>;
 /// A running capture; dropping it stops the source (set it to NULL off the async runtime).
 pub struct Capture {
     pipeline: gst::Pipeline,
+    /// The inlet and its video appsrc, for an RTP source.
+    inlet: Option<(Arc<RtpInlet>, gst_app::AppSrc)>,
 }
 
 impl Capture {
@@ -83,6 +93,7 @@ impl Capture {
         let pipeline = gst::Pipeline::with_name(&format!("{stream}-capture"));
         pipeline.use_clock(Some(&realtime_clock()));
         let strip = options.latency_strip || *source == Source::Test;
+        let mut inlet = None;
         match source::describe(source, source_options)? {
             SourceBin::Launch { description, clock, audio } => {
                 let audio_sink =
@@ -92,10 +103,29 @@ impl Capture {
                 }
                 on_captured(Captured::Layout(Layout { video: Some(VideoIn::Raw), audio, complete: true }));
             }
-            SourceBin::Uri { uri, live } => add_uri(&pipeline, &uri, live, strip, options, on_captured)?,
+            SourceBin::Uri { uri, live } => {
+                let decode = make("uridecodebin", "source")?;
+                decode.set_property("uri", uri);
+                decode.connect("source-setup", false, |args| {
+                    let source = args[1].get::<gst::Element>().expect("source-setup passes the source");
+                    if source.factory().is_some_and(|f| f.name() == "rtspsrc") {
+                        source.set_property("latency", RTP_LATENCY_MS);
+                    }
+                    None
+                });
+                pipeline.add(&decode).map_err(link_error(stream))?;
+                sort_out_streams(&pipeline, &[decode], live, strip, options, on_captured);
+            }
+            SourceBin::Rtp => {
+                let video = add_rtp_input(stream, &pipeline, "rtp-video")?;
+                let audio = add_rtp_input(stream, &pipeline, "rtp-audio")?;
+                sort_out_streams(&pipeline, &[video.1, audio.1], true, strip, options, on_captured);
+                options.inlet.attach(video.0.clone(), audio.0);
+                inlet = Some((options.inlet.clone(), video.0));
+            }
         }
         pipeline.set_state(gst::State::Playing).map_err(|_| MediaError::StateChange { stream: stream.into() })?;
-        Ok(Capture { pipeline })
+        Ok(Capture { pipeline, inlet })
     }
 
     pub fn bus(&self) -> gst::Bus {
@@ -110,6 +140,9 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
+        if let Some((inlet, video)) = &self.inlet {
+            inlet.detach(video);
+        }
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
@@ -201,33 +234,57 @@ fn h264_sink(on_captured: Handler) -> gst::Element {
     appsink("h264", ENCODED_QUEUED, move |buffer| on_captured(Captured::H264(buffer))).upcast()
 }
 
-/// An RTSP camera or a file: `uridecodebin` finds its streams, and each is linked as it appears.
-/// H.264 that browsers decode stops at its parser and is forwarded (unless `--transcode always`);
-/// anything else is decoded.
-fn add_uri(
+/// An RTP input of a WHEP source: an appsrc the inlet feeds, reordered and then sorted out by a
+/// `decodebin` like a camera's streams. Returns both.
+fn add_rtp_input(
+    stream: &str,
     pipeline: &gst::Pipeline,
-    uri: &str,
+    name: &str,
+) -> Result<(gst_app::AppSrc, gst::Element), MediaError> {
+    // Its caps come with the first packet (the inlet knows the payload type by then).
+    let src = live_appsrc(name, None, RTP_QUEUED, true);
+    let jitter = make("rtpjitterbuffer", &format!("{name}-jitter"))?;
+    jitter.set_property("latency", RTP_LATENCY_MS);
+    let decode = make("decodebin", &format!("{name}-decode"))?;
+    pipeline.add_many([src.upcast_ref(), &jitter, &decode]).map_err(link_error(stream))?;
+    gst::Element::link_many([src.upcast_ref(), &jitter, &decode]).map_err(link_error(stream))?;
+    Ok((src, decode))
+}
+
+/// An RTSP camera, a file or a WHEP source: each decodebin in `decoders` finds its streams,
+/// linked as they appear. H.264 that browsers decode stops at its parser and is forwarded
+/// (unless `--transcode always`); anything else is decoded. The layout is complete once every
+/// decodebin has found all of its streams.
+fn sort_out_streams(
+    pipeline: &gst::Pipeline,
+    decoders: &[gst::Element],
     live: bool,
     strip: bool,
     options: &CaptureOptions,
     on_captured: Handler,
-) -> Result<(), MediaError> {
-    let decode = make("uridecodebin", "source")?;
-    decode.set_property("uri", uri);
-    decode.connect("source-setup", false, |args| {
-        let source = args[1].get::<gst::Element>().expect("source-setup passes the source");
-        if source.factory().is_some_and(|f| f.name() == "rtspsrc") {
-            source.set_property("latency", RTSP_LATENCY_MS);
-        }
-        None
-    });
+) {
+    let layout = Arc::new(Mutex::new(Layout::default()));
+    let unfinished = Arc::new(AtomicUsize::new(decoders.len()));
+    for decode in decoders {
+        let shared = (on_captured.clone(), layout.clone(), unfinished.clone());
+        sort_out(pipeline, decode, live, strip, options, shared);
+    }
+}
+
+fn sort_out(
+    pipeline: &gst::Pipeline,
+    decode: &gst::Element,
+    live: bool,
+    strip: bool,
+    options: &CaptureOptions,
+    (on_captured, layout, unfinished): (Handler, Arc<Mutex<Layout>>, Arc<AtomicUsize>),
+) {
     let transcode = options.transcode;
     decode.connect("autoplug-continue", false, move |args| {
         let decode = args[0].get::<gst::Element>().expect("autoplug-continue passes its bin");
         let caps = args[2].get::<gst::Caps>().expect("autoplug-continue passes caps");
         Some(keep_decoding(&decode, &caps, transcode).to_value())
     });
-    let layout = Arc::new(Mutex::new(Layout::default()));
     let (weak_pipeline, video, audio, found) = (pipeline.downgrade(), options.video, options.audio, layout.clone());
     let (report, on_found) = (on_captured.clone(), on_captured.clone());
     decode.connect_pad_added(move |decode, pad| {
@@ -273,12 +330,13 @@ fn add_uri(
         report(Captured::Layout(layout.clone()));
     });
     decode.connect_no_more_pads(move |_| {
+        if unfinished.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
         let mut layout = layout.lock().expect("layout lock");
         layout.complete = true;
         on_found(Captured::Layout(layout.clone()));
     });
-    pipeline.add(&decode).map_err(link_error("capture"))?;
-    Ok(())
 }
 
 /// Whether `uridecodebin` should go on decoding a stream with these caps: not H.264 it may

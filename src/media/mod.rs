@@ -15,6 +15,7 @@ pub mod camera;
 pub mod capture;
 pub mod encoder;
 pub mod hls;
+pub mod inlet;
 pub mod passthrough;
 pub mod pipeline;
 pub mod signal;
@@ -195,6 +196,8 @@ pub struct MediaStream {
     /// The name a V4L2 camera reported, to find it again if it comes back as another device.
     camera_name: Mutex<Option<String>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
+    /// Where a WHEP source's packets come in, and its keyframe requests go out.
+    pub inlet: Arc<inlet::RtpInlet>,
     /// The public HLS playlist, continued across encoders.
     playlist: Mutex<hls::Playlist>,
     pub counters: Arc<StreamCounters>,
@@ -216,6 +219,7 @@ impl MediaStream {
             has_b_frames: AtomicBool::new(false),
             camera_name: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
+            inlet: Arc::default(),
             playlist: Mutex::new(hls::Playlist::new(
                 pipeline::HLS_PLAYLIST_LENGTH,
                 pipeline::HLS_FILES_KEPT,
@@ -264,28 +268,35 @@ impl MediaStream {
     }
 
     /// Forces a keyframe now, or at the end of the current one-second window if one was
-    /// already forced in it.
+    /// already forced in it: from our encoder, or from a WHEP origin whose video is forwarded
+    /// (one request upstream for all the viewers asking). A camera cannot be asked.
     pub fn request_keyframe(&self) {
         let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return };
-        if pipeline.plan.video != VideoPlan::Encode {
+        let upstream = pipeline.plan.video != VideoPlan::Encode;
+        if upstream && !matches!(self.source, Source::Whep(_)) {
             return;
         }
         let grant = self.keyframe_limiter.lock().expect("keyframe lock").request(Instant::now());
-        match grant {
-            Grant::Now => {
-                count(&self.counters.keyframes_forced);
+        let force = move |pipeline: &StreamPipeline, inlet: &inlet::RtpInlet, counters: &StreamCounters| {
+            count(&counters.keyframes_forced);
+            if upstream {
+                inlet.request_keyframe();
+            } else {
                 pipeline.request_keyframe();
             }
+        };
+        match grant {
+            Grant::Now => force(&pipeline, &self.inlet, &self.counters),
             Grant::After(wait) => {
-                let (limiter, counters) = (self.keyframe_limiter.clone(), self.counters.clone());
+                let (limiter, counters, inlet) =
+                    (self.keyframe_limiter.clone(), self.counters.clone(), self.inlet.clone());
                 // Weak: a deferred request must not keep a stopped pipeline (and its camera) alive.
                 let pipeline = Arc::downgrade(&pipeline);
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     limiter.lock().expect("keyframe lock").deferred_done(Instant::now());
                     if let Some(pipeline) = pipeline.upgrade() {
-                        count(&counters.keyframes_forced);
-                        pipeline.request_keyframe();
+                        force(&pipeline, &inlet, &counters);
                     }
                 });
             }
@@ -693,6 +704,7 @@ impl MediaStream {
             audio: options.audio == AudioMode::Auto,
             audio_device: options.audio_device.clone(),
             transcode,
+            inlet: self.inlet.clone(),
         };
         let (name, source, capture_events) = (self.name.clone(), self.locate_source(), events.clone());
         let capture = tokio::task::spawn_blocking(move || {

@@ -171,7 +171,7 @@ impl StreamPipeline {
         let (video_in, encoder) = match &settings.plan.video {
             VideoPlan::Encode => {
                 // Two frames of slack, oldest dropped.
-                let frames = live_appsrc("frames", &raw_caps(video), 2, true);
+                let frames = live_appsrc("frames", raw_caps(video), 2, true);
                 let encoder = encoder::make(settings.encoder, video)?;
                 let h264_caps = make("capsfilter", "h264caps")?;
                 h264_caps.set_property("caps", encoder::H264_CAPS.parse::<gst::Caps>().expect("valid caps"));
@@ -183,7 +183,7 @@ impl StreamPipeline {
             VideoPlan::Forward(_) => {
                 let caps =
                     "video/x-h264,stream-format=byte-stream,alignment=au".parse::<gst::Caps>().expect("valid caps");
-                let units = live_appsrc("h264", &caps, 30, true);
+                let units = live_appsrc("h264", caps, 30, true);
                 pipeline.add(&units).map_err(link_error)?;
                 (units, None)
             }
@@ -311,16 +311,22 @@ fn restamped(mut buffer: gst::Buffer) -> gst::Buffer {
 
 /// A live appsrc keeping at most `max_buffers` (the oldest dropped); it stamps buffers on
 /// arrival when `stamp`.
-fn live_appsrc(name: &str, caps: &gst::Caps, max_buffers: u64, stamp: bool) -> gst_app::AppSrc {
-    gst_app::AppSrc::builder()
+pub(super) fn live_appsrc(
+    name: &str,
+    caps: impl Into<Option<gst::Caps>>,
+    max_buffers: u64,
+    stamp: bool,
+) -> gst_app::AppSrc {
+    let src = gst_app::AppSrc::builder()
         .name(name)
-        .caps(caps)
         .is_live(true)
         .format(gst::Format::Time)
         .do_timestamp(stamp)
         .max_buffers(max_buffers)
         .leaky_type(gst_app::AppLeakyType::Downstream)
-        .build()
+        .build();
+    src.set_caps(caps.into().as_ref());
+    src
 }
 
 /// An appsink handing each RTP packet over as bytes.
@@ -355,7 +361,7 @@ fn add_audio(
     let link_error = |err: gst::glib::BoolError| MediaError::Link { stream: stream.into(), reason: err.to_string() };
     let caps = source::AUDIO_CAPS.parse::<gst::Caps>().expect("valid caps");
     // Half a second of sound may wait; the oldest goes first.
-    let samples = live_appsrc("audio", &caps, 50, false);
+    let samples = live_appsrc("audio", caps.clone(), 50, false);
     let silence = make("audiotestsrc", "silence")?;
     silence.set_property("is-live", true);
     silence.set_property_from_str("wave", "silence");

@@ -37,6 +37,8 @@ pub enum SourceBin {
     /// A URI opened by `uridecodebin`, whose streams are known only once it has found them;
     /// `live` unless it is a file, which plays at its own pace.
     Uri { uri: String, live: bool },
+    /// RTP handed over by the stream's inlet (a WHEP origin's), sorted out like a URI's streams.
+    Rtp,
 }
 
 /// What the source is asked for besides its video.
@@ -131,6 +133,7 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
                 audio,
             }
         }
+        Source::Whep(_) => SourceBin::Rtp,
     })
 }
 
@@ -146,7 +149,7 @@ pub fn declared_audio(source: &Source, options: SourceOptions<'_>) -> Option<boo
         Source::V4l2 { device } => {
             Some(options.audio_device.is_some_and(|chosen| microphone(device, chosen).is_some()))
         }
-        Source::Rtsp { .. } | Source::File { .. } => None,
+        Source::Rtsp { .. } | Source::File { .. } | Source::Whep(_) => None,
     }
 }
 

@@ -18,7 +18,9 @@ use limits::{Limited, Limits};
 /// How a WebRTC session can be signalled, as `/metrics` labels viewers.
 pub const WEBSOCKET: &str = "websocket";
 pub const WHEP: &str = "whep";
-pub const SIGNALLING_KINDS: [&str; 2] = [WEBSOCKET, WHEP];
+/// livegate's own offer to a WHIP server it publishes to.
+pub const WHIP: &str = "whip";
+pub const SIGNALLING_KINDS: [&str; 3] = [WEBSOCKET, WHEP, WHIP];
 
 /// Seconds a client over its pending-session limit is asked to wait: about one connect timeout.
 pub const PENDING_RETRY_SECONDS: u64 = 10;

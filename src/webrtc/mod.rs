@@ -9,6 +9,7 @@ pub mod feedback;
 pub mod forward;
 pub mod h264;
 pub mod ports;
+pub mod receive;
 pub mod registry;
 pub mod reports;
 pub mod sdp;
@@ -23,14 +24,17 @@ use std::time::Duration;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngine,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngine,
 };
 use webrtc::runtime::Runtime;
 
@@ -56,6 +60,8 @@ pub enum WebRtcError {
     Bind { addrs: String, reason: String },
     #[error("the offer was rejected: {0}")]
     Offer(String),
+    #[error("the server's answer was rejected: {0}")]
+    Answer(String),
     #[error("stream {stream} sends H.264 {profile_level_id} as the camera made it, and the offer has no H.264 profile that decodes it; watch it over HLS, or have the gateway transcode it (--transcode always)")]
     NoCommonCodec { stream: String, profile_level_id: String },
     #[error("WebRTC setup failed: {0}")]
@@ -116,6 +122,8 @@ struct Handler {
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,
     advertised: Advertised,
+    /// Where a receiving peer's remote tracks go.
+    tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
 }
 
 #[async_trait::async_trait]
@@ -134,6 +142,12 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if let Some(tracks) = &self.tracks {
+            let _ = tracks.send(track);
+        }
     }
 }
 
@@ -204,15 +218,16 @@ impl WebRtc {
     async fn build_peer(
         &self,
         engine: MediaEngine,
+        interceptors: webrtc::peer_connection::Registry,
         handler: Arc<Handler>,
-        in_flight: Arc<InFlight>,
-        stats: Arc<ViewerStats>,
         addr: SocketAddr,
         shared: Option<(Arc<dyn Runtime>, bool)>,
+        ice_servers: Vec<RTCIceServer>,
     ) -> Result<Arc<dyn PeerConnection>, WebRtcError> {
         let mut builder = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::default().with_ice_servers(ice_servers).build())
             .with_media_engine(engine)
-            .with_interceptor_registry(engine::interceptors(in_flight, stats))
+            .with_interceptor_registry(interceptors)
             .with_setting_engine(self.setting_engine.clone())
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
             .with_udp_addrs(vec![addr]);
@@ -242,7 +257,8 @@ impl WebRtc {
                 // shared one (see `shared_port`).
                 let addr = SocketAddr::new(self.settings.bind, 0);
                 let shared = Some((runtime, port.tcp_port().is_some()));
-                let peer = self.build_peer(engine, handler, in_flight, stats, addr, shared).await?;
+                let interceptors = engine::interceptors(in_flight, stats);
+                let peer = self.build_peer(engine, interceptors, handler, addr, shared, Vec::new()).await?;
                 return Ok((peer, MediaLease::Shared(lease)));
             }
             Media::PerViewer(ports) => ports,
@@ -254,7 +270,8 @@ impl WebRtc {
                 .lease()
                 .ok_or_else(|| WebRtcError::NoFreePort { total: ports.range.len(), range: ports.range.to_string() })?;
             let addr = SocketAddr::new(self.settings.bind, port.port);
-            match self.build_peer(engine.clone(), handler.clone(), in_flight.clone(), stats.clone(), addr, None).await {
+            let interceptors = engine::interceptors(in_flight.clone(), stats.clone());
+            match self.build_peer(engine.clone(), interceptors, handler.clone(), addr, None, Vec::new()).await {
                 Ok(peer) => return Ok((peer, MediaLease::Port(port))),
                 Err(err) => {
                     tracing::debug!(port = port.port, error = %err, "UDP port unusable; trying another");
@@ -312,6 +329,7 @@ impl WebRtc {
             state: state_tx,
             gathered: gathered_tx,
             advertised: self.advertised(),
+            tracks: None,
         });
 
         let in_flight = Arc::new(InFlight::default());
@@ -341,28 +359,137 @@ impl WebRtc {
             lease.gather_frames_of(tracks.video.ssrc);
         }
         unfinished.done();
+        let session = Session { place, peer, media, stats, in_flight, tracks, state: state_rx, events, signalling };
+        let viewer = self.serve(stream, feed, session, &answer, offer_candidates);
+        Ok((viewer, answer))
+    }
 
+    /// Makes a negotiated session a viewer and starts forwarding the stream to it.
+    fn serve(
+        &self,
+        stream: &str,
+        feed: Arc<dyn Feed>,
+        session: Session,
+        local_sdp: &str,
+        held_candidates: Vec<String>,
+    ) -> Arc<Viewer> {
         let viewer = Arc::new(Viewer {
             id: uuid::Uuid::new_v4().to_string(),
             stream: stream.into(),
-            stats,
-            signalling,
-            peer: peer.clone(),
+            stats: session.stats,
+            signalling: session.signalling,
+            peer: session.peer,
             closed: self.shutdown.child_token(),
             settled: CancellationToken::new(),
             remote: Mutex::new(RemoteCandidates {
-                policy: CandidatePolicy::from_local_sdp(&answer),
+                policy: CandidatePolicy::from_local_sdp(local_sdp),
                 given: 0,
-                held: Some(offer_candidates),
+                held: Some(held_candidates),
             }),
-            in_flight,
-            _place: place,
-            media,
+            in_flight: session.in_flight,
+            _place: session.place,
+            media: session.media,
             transport: OnceLock::new(),
         });
         self.registry.insert(viewer.clone());
-        self.tasks.spawn(serve_viewer(viewer.clone(), tracks, feed, state_rx, events, self.registry.clone()));
-        Ok((viewer, answer))
+        let registry = self.registry.clone();
+        self.tasks.spawn(serve_viewer(viewer.clone(), session.tracks, feed, session.state, session.events, registry));
+        viewer
+    }
+
+    /// Offers stream `stream` to a server that takes it (a WHIP ingest): a sendonly peer on a
+    /// socket of its own, whose offer carries every candidate it gathered (so the server need
+    /// not take trickled ones). The server's answer, given to [`Offered::accept`], makes it a
+    /// viewer like any other: same packets, keyframe requests and retransmissions.
+    pub async fn offer_stream(
+        self: &Arc<Self>,
+        stream: &str,
+        feed: Arc<dyn Feed>,
+        ice_servers: Vec<RTCIceServer>,
+        signalling: &'static str,
+    ) -> Result<Offered, WebRtcError> {
+        // A publication is not refused for a full stream: it is what serves the many.
+        let place = self.registry.take_place(stream, usize::MAX).expect("no limit");
+        let (events, _) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(InFlight::default());
+        let stats = Arc::new(ViewerStats::start(self.stream_totals(stream)));
+        let mut unfinished = Unfinished { stats: Some(stats.clone()), peer: None };
+        let carried = feed.carries();
+        let engine = match &carried.h264_profile_level_id {
+            Some(camera) => engine::media_engine_for(&[camera])?,
+            None => media_engine()?,
+        };
+        let interceptors = engine::interceptors(in_flight.clone(), stats.clone());
+        let offering = self.offering_peer(engine, interceptors, ice_servers, events.clone(), None).await?;
+        let peer = offering.peer.clone();
+        unfinished.peer = Some(peer.clone());
+        let sendonly = || RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: Vec::new(),
+            send_encodings: Vec::new(),
+        };
+        let profile_level_id = carried.h264_profile_level_id.as_deref().unwrap_or(H264_PROFILE_LEVEL_IDS[0]);
+        let video = own_track(RtpCodecKind::Video, engine::h264_codec(profile_level_id));
+        peer.add_transceiver_from_track(video.track.clone() as Arc<dyn TrackLocal>, Some(sendonly()))
+            .await
+            .map_err(setup)?;
+        let audio = if carried.audio {
+            let audio = own_track(RtpCodecKind::Audio, engine::opus_codec());
+            peer.add_transceiver_from_track(audio.track.clone() as Arc<dyn TrackLocal>, Some(sendonly()))
+                .await
+                .map_err(setup)?;
+            Some(audio)
+        } else {
+            None
+        };
+        let (sdp, state) = self.offer_with_candidates(offering).await?;
+        unfinished.done();
+        let session = Session {
+            place,
+            peer,
+            media: MediaLease::Own,
+            stats,
+            in_flight,
+            tracks: OwnTracks { video, audio },
+            state,
+            events,
+            signalling,
+        };
+        Ok(Offered { sdp, stream: stream.into(), feed, session, webrtc: self.clone() })
+    }
+
+    /// A peer that offers to a server (WHIP, WHEP), on a socket of its own; `tracks` gets the
+    /// remote tracks of a receiving one.
+    async fn offering_peer(
+        &self,
+        engine: MediaEngine,
+        interceptors: webrtc::peer_connection::Registry,
+        ice_servers: Vec<RTCIceServer>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+        tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+    ) -> Result<Offering, WebRtcError> {
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered_tx, gathered) = watch::channel(false);
+        let advertised = self.own_socket_advertised();
+        let handler = Arc::new(Handler { events, state: state_tx, gathered: gathered_tx, advertised, tracks });
+        let addr = SocketAddr::new(self.settings.bind, 0);
+        let peer = self.build_peer(engine, interceptors, handler, addr, None, ice_servers).await?;
+        Ok(Offering { peer, state, gathered })
+    }
+
+    /// The offer with every candidate gathered within a short wait: servers need not take
+    /// trickled candidates (RFC 9725 § 4.3).
+    async fn offer_with_candidates(
+        &self,
+        mut offering: Offering,
+    ) -> Result<(String, watch::Receiver<RTCPeerConnectionState>), WebRtcError> {
+        let peer = &offering.peer;
+        let offer = peer.create_offer(None).await.map_err(setup)?;
+        peer.set_local_description(offer).await.map_err(setup)?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, offering.gathered.wait_for(|done| *done)).await;
+        let local = peer.local_description().await.ok_or_else(|| setup("no local description"))?;
+        let advertised = self.own_socket_advertised();
+        Ok((rewrite_host_candidates(&local.sdp, advertised), offering.state))
     }
 
     /// Answers the offer with the stream's tracks: H.264 (our encoder's, or a forwarded
@@ -417,6 +544,12 @@ impl WebRtc {
         Ok((OwnTracks { video, audio }, answer))
     }
 
+    /// What a peer on a socket of its own advertises: its candidates as they are (the public
+    /// address is the shared port's, for viewers; a server sees this socket from where it is).
+    fn own_socket_advertised(&self) -> Advertised {
+        Advertised { ip: None, udp_port: None, tcp_port: None }
+    }
+
     fn advertised(&self) -> Advertised {
         let port = match &self.media {
             Media::Shared(port) => (Some(port.udp_port()), port.tcp_port()),
@@ -435,6 +568,55 @@ impl WebRtc {
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await.is_err() {
             tracing::warn!(left = self.tasks.len(), "viewers still closing at shutdown");
         }
+    }
+}
+
+/// A peer that will offer, and what its handler reports.
+struct Offering {
+    peer: Arc<dyn PeerConnection>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    gathered: watch::Receiver<bool>,
+}
+
+/// A negotiated peer and everything it holds, not yet serving.
+struct Session {
+    place: registry::Place,
+    peer: Arc<dyn PeerConnection>,
+    media: MediaLease,
+    stats: Arc<ViewerStats>,
+    in_flight: Arc<InFlight>,
+    tracks: OwnTracks,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    signalling: &'static str,
+}
+
+/// A peer that offered to send a stream, waiting for the server's answer.
+pub struct Offered {
+    /// The offer, with every local candidate.
+    pub sdp: String,
+    stream: String,
+    feed: Arc<dyn Feed>,
+    session: Session,
+    webrtc: Arc<WebRtc>,
+}
+
+impl Offered {
+    /// Takes the server's answer; the peer then connects and is served as a viewer.
+    pub async fn accept(self, answer_sdp: String) -> Result<Arc<Viewer>, WebRtcError> {
+        let answer = RTCSessionDescription::answer(answer_sdp).map_err(|e| WebRtcError::Answer(e.to_string()))?;
+        let peer = self.session.peer.clone();
+        if let Err(err) = peer.set_remote_description(answer).await {
+            let _ = peer.close().await;
+            self.session.stats.ended(Ended::NeverConnected);
+            return Err(WebRtcError::Answer(err.to_string()));
+        }
+        if !sdp::answer_receives_video(&peer.remote_description().await.map(|d| d.sdp).unwrap_or_default()) {
+            let _ = peer.close().await;
+            self.session.stats.ended(Ended::NeverConnected);
+            return Err(WebRtcError::Answer("it takes no video (no H.264 section that receives)".into()));
+        }
+        Ok(self.webrtc.serve(&self.stream, self.feed, self.session, &self.sdp, Vec::new()))
     }
 }
 

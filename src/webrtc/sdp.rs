@@ -39,13 +39,24 @@ pub fn offers_audio(sdp: &str) -> bool {
     media_sections(sdp).any(|(kind, port, lines)| kind == "audio" && !rejected(port, &lines))
 }
 
-/// Whether an answer sends video: a video section that is neither rejected nor inactive.
+/// Whether our answer sends video: a video section neither rejected, inactive nor recvonly.
 pub fn sends_video(sdp: &str) -> bool {
+    has_live_video(sdp, "a=recvonly")
+}
+
+/// Whether a server's answer to our sendonly offer takes the video.
+pub fn answer_receives_video(sdp: &str) -> bool {
+    has_live_video(sdp, "a=sendonly")
+}
+
+/// Whether `sdp` has a video section with a codec that is neither rejected, inactive nor
+/// flowing only the other way (`wrong_way`).
+fn has_live_video(sdp: &str, wrong_way: &str) -> bool {
     media_sections(sdp).any(|(kind, port, lines)| {
         kind == "video"
             && !rejected(port, &lines)
             && lines.iter().any(|line| line.starts_with("a=rtpmap:"))
-            && !lines.iter().any(|line| *line == "a=inactive" || *line == "a=recvonly")
+            && !lines.iter().any(|line| *line == "a=inactive" || *line == wrong_way)
     })
 }
 

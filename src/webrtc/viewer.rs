@@ -57,6 +57,8 @@ pub struct Viewer {
 pub(super) enum MediaLease {
     Port(PortLease),
     Shared(PeerLease),
+    /// A socket of its own on an ephemeral port (a peer we offered, to a server).
+    Own,
 }
 
 impl MediaLease {
@@ -65,6 +67,7 @@ impl MediaLease {
         match self {
             MediaLease::Port(lease) => lease.port,
             MediaLease::Shared(lease) => lease.udp_port(),
+            MediaLease::Own => 0,
         }
     }
 }

@@ -90,8 +90,12 @@ impl Gateway {
 
     fn start_with(args: &[&str], state_dir: tempfile::TempDir, ports: &str, log: &str) -> Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_livegate"));
+        // A test may name its own address (to restart a gateway where it was).
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--webrtc-bind", &media_ip()])
+            .args(["--log-format", "json", "--webrtc-bind", &media_ip()])
             .args([if ports.contains('-') { "--webrtc-ports" } else { "--webrtc-port" }, ports])
             .args(["--encoder", "x264"])
             .arg("--state-dir")
@@ -185,6 +189,16 @@ impl Gateway {
         }
     }
 
+    /// The last log line whose message is `message`, as JSON.
+    pub fn last_log(&self, message: &str) -> Value {
+        self.log_text()
+            .lines()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["message"] == message)
+            .unwrap_or_else(|| panic!("no log line {message:?}"))
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -252,4 +266,35 @@ pub async fn ffmpeg_frames(url: &str, seconds: u32) -> (String, usize) {
     assert!(output.status.success(), "ffmpeg failed: {stderr}");
     let frames = String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.starts_with('#')).count();
     (stderr, frames)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A helper process from `tests/support` (an RTSP camera, a WHIP server) that prints "ready"
+/// once it serves on `port`; killed when dropped.
+pub struct ReadyChild(pub Child);
+
+impl ReadyChild {
+    pub fn python(script: &str, port: u16, options: &[&str]) -> ReadyChild {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(format!("{}/tests/support/{script}", env!("CARGO_MANIFEST_DIR")))
+            .arg(port.to_string())
+            .args(options)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {script} (needs python3-gi and GStreamer's typelibs): {err}"));
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "{script} did not start");
+        ReadyChild(child)
+    }
+}
+
+impl Drop for ReadyChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

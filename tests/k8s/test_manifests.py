@@ -81,11 +81,6 @@ ORIGIN_TOKEN_SECRET = "livegate-origin-token"
 WHEP_SOURCE = re.compile(r"whep(\+insecure)?:(https://\S+)")
 # The gauge the relays' autoscaler reads (src/http/metrics.rs).
 VIEWERS_METRIC = "livegate_webrtc_viewers"
-# Configs whose `livegate --check-config` test waits for livegate to know
-# their settings: the relays' whep: source, source_ca and token_file (issue
-# 12 § 3). The file is left out of test_config_loads_with_livegate until
-# then; to re-enable its check, delete its entry here.
-CHECK_CONFIG_LATER = {K8S / "overlays" / "relay" / "relays" / "livegate.toml"}
 # The Markdown that documents the deployment.
 GUIDE = ROOT / "docs" / "KUBERNETES.md"
 DOCS = [ROOT / "README.md", ROOT / "certs" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -1097,20 +1092,7 @@ def config_text(docs) -> str:
     return cm["data"][ref["key"]]
 
 
-def checkable_configs() -> list:
-    """Every deployable workload's config, but those of CHECK_CONFIG_LATER."""
-    later = {path.read_text() for path in CHECK_CONFIG_LATER}
-    return [p for p in view_params(DEPLOYABLE) if config_text(p.values[0]) not in later]
-
-
-def test_check_config_later_names_rendered_configs():
-    """Each file waiting for its check is a config some kustomization renders."""
-    rendered = {config_text(p.values[0]) for p in view_params(DEPLOYABLE)}
-    for path in CHECK_CONFIG_LATER:
-        assert path.read_text() in rendered, f"{path.relative_to(ROOT)} is rendered by no kustomization"
-
-
-@pytest.mark.parametrize("docs", checkable_configs())
+@pytest.mark.parametrize("docs", view_params(DEPLOYABLE))
 def test_config_loads_with_livegate(docs, tmp_path):
     text = config_text(docs)
     proc = check_config(tmp_path, text)
