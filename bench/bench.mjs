@@ -3,7 +3,7 @@
 // fan-out with light WebRTC viewers, encoder cost, and the original design (gst-launch +
 // hlssink2 defaults) as the baseline. Run through bench/run.sh, inside scripts/netns-run.
 //
-//   node bench/bench.mjs [--quick] [--only=encoder,webrtc,hls,ttff,loss,fanout,overload,baseline] [--no-docs]
+//   node bench/bench.mjs [--quick] [--only=encoder,webrtc,hls,ttff,loss,fanout,overload,relay,baseline] [--no-docs]
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -27,8 +27,8 @@ const FPS = 30;
 const WIDTH = 1280;
 const HEIGHT = 720;
 const SETTINGS = QUICK
-  ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, overloadS: 10, lossS: 15, baselineS: 25 }
-  : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, overloadS: 20, lossS: 60, baselineS: 90 };
+  ? { encoderS: 5, webrtcS: 15, hlsS: 15, warmupS: 2, ttffTries: 5, fanout: [1, 10, 50], fanoutS: 7, overloadS: 10, lossS: 15, baselineS: 25, relayRounds: 2, relayS: 10 }
+  : { encoderS: 20, webrtcS: 60, hlsS: 60, warmupS: 2, ttffTries: 20, fanout: [1, 10, 50, 100, 200], fanoutS: 20, overloadS: 20, lossS: 60, baselineS: 90, relayRounds: 4, relayS: 20 };
 // The load generator on CPU 1 only, so that it cannot take the gateway's CPU time from it
 // (LIVEGATE_BENCH_PIN=0 lets it use every CPU).
 const PINNED = os.cpus().length >= 2 && process.env.LIVEGATE_BENCH_PIN !== '0';
@@ -234,6 +234,46 @@ async function latencyScenario(browser, gw, mode, seconds) {
     };
   } finally {
     await context.close();
+  }
+}
+
+/**
+ * What one relay hop adds (issue 12): a second livegate takes the stream over WHEP and Chromium
+ * watches it, in rounds alternating with watching the origin directly; and what the relay costs
+ * for the one incoming stream and its HLS, with no viewer of its own.
+ */
+async function relayHop(browser, gw) {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-relay-'));
+  const relay = new Gateway({
+    name: 'relay', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPort: 20001,
+    streams: [`live=whep+insecure:${gw.origin}/whep/live`],
+  });
+  try {
+    await relay.start({ timeoutMs: 30000 });
+    await waitViewerCount(gw, 1, 15000);
+    await sleep(3000);
+    const win = cpuWindow(() => ({ relay: [relay.proc.pid], origin: [gw.proc.pid] }));
+    const smp = sampler(relay.proc.pid);
+    await sleep(SETTINGS.encoderS * 1000);
+    const cpu = win.stop();
+    const relayCpu = smp.stop();
+    const direct = [];
+    const relayed = [];
+    for (let i = 0; i < SETTINGS.relayRounds; i++) {
+      direct.push((await latencyScenario(browser, gw, 'webrtc', SETTINGS.relayS)).latencyMs);
+      relayed.push((await latencyScenario(browser, relay, 'webrtc', SETTINGS.relayS)).latencyMs);
+    }
+    const medianOf = (xs) => summary(xs.map((x) => x.p50)).p50;
+    return {
+      rounds: SETTINGS.relayRounds, seconds: SETTINGS.relayS, direct, relayed,
+      directP50: medianOf(direct), relayedP50: medianOf(relayed),
+      addedMs: round(medianOf(relayed) - medianOf(direct), 1),
+      addedPerRoundMs: relayed.map((r, i) => round(r.p50 - direct[i].p50, 1)),
+      relayCores: cpu.cores.relay, relayCpu, machineBusyCores: cpu.machineBusyCores,
+    };
+  } finally {
+    await relay.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
   }
 }
 
@@ -565,6 +605,7 @@ async function main() {
     await scenario('loss', () => lossy(browser, gw));
     await scenario('fanout', () => fanout(browser, gw));
     await scenario('overload', () => overload(browser, gw));
+    await scenario('relay', () => relayHop(browser, gw));
     await gw.stop();
     await scenario('baseline', () => baseline(browser));
   } finally {

@@ -6,7 +6,7 @@
 #   bench/run.sh            # full run (≈ 10 min): prints the table, writes target/bench/<time>.json
 #                           # and rewrites docs/BENCHMARKS.md
 #   bench/run.sh --quick    # < 3 min; report in target/bench/BENCHMARKS-quick.md
-#   bench/run.sh --only=webrtc,hls   # some scenarios (encoder, webrtc, hls, ttff, fanout, baseline)
+#   bench/run.sh --only=webrtc,hls   # some scenarios (encoder, webrtc, hls, ttff, loss, fanout, overload, relay, baseline)
 #
 # Environment: LIVEGATE_BIN (default target/release/livegate), LIVEGATE_LOAD_VIEWERS (default
 # target/release/examples/load_viewers), LIVEGATE_E2E_CHROMIUM (default /usr/bin/chromium).

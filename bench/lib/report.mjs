@@ -98,6 +98,13 @@ export function summaryTable(r) {
     lat(`${at}: Chromium glass-to-glass`, o.chromium.latencyMs, top ? `unchanged (fan-out N=${top.n}: p95 ${ms(top.chromium.latencyMs.p95)})` : 'unchanged',
       top ? le(o.chromium.latencyMs.p95, top.chromium.latencyMs.p95 * 1.25 + 10) : null);
   }
+  if (s.relay && !s.relay.error) {
+    const r = s.relay;
+    rows.push(['one relay hop: WebRTC glass-to-glass added (relayed − direct, medians of alternating rounds)', ms(r.addedMs), '', '',
+      `rounds: ${r.addedPerRoundMs.map((x) => `${x}`).join(', ')} ms; direct ${ms(r.directP50)}, relayed ${ms(r.relayedP50)}`, '≤ 10 ms', mark(le(r.addedMs, 10))]);
+    rows.push(['relay CPU: one incoming stream + its HLS, no viewer (cores, 1-s samples)', fmt(r.relayCpu.coresPerSecond.p50),
+      fmt(r.relayCpu.coresPerSecond.p95), fmt(r.relayCpu.coresPerSecond.max), `mean ${fmt(r.relayCores)}`, '≤ 0.1 cores', mark(le(r.relayCores, 0.1))]);
+  }
   return table(['figure', 'median', 'p95', 'max', 'n / note', 'target', 'met'], rows);
 }
 

@@ -18,6 +18,11 @@ use crate::auth::{Access, Denied};
 pub const PLAYLIST_MIME: &str = "application/vnd.apple.mpegurl";
 pub const SEGMENT_MIME: &str = "video/mp2t";
 pub const SEGMENT_CACHE: &str = "public, max-age=60";
+/// A shared cache (a CDN) may hold the playlist for a second, never longer than a segment;
+/// browsers ask again every time, so a player never falls behind the live edge.
+pub const PLAYLIST_CACHE: &str = "public, max-age=0, s-maxage=1";
+/// A playlist fetched with a token carries it in its segment URIs: never stored in a shared cache.
+pub const PROTECTED_PLAYLIST_CACHE: &str = "no-cache";
 /// Segments fetched with a token are for that token's holder only.
 pub const PROTECTED_SEGMENT_CACHE: &str = "private, max-age=60";
 
@@ -92,7 +97,8 @@ pub async fn file(
                 Some(token) => with_token(&String::from_utf8_lossy(&body), token).into_bytes(),
                 None => body,
             };
-            ([(header::CONTENT_TYPE, PLAYLIST_MIME), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+            let cache = if state.auth.is_enabled() { PROTECTED_PLAYLIST_CACHE } else { PLAYLIST_CACHE };
+            ([(header::CONTENT_TYPE, PLAYLIST_MIME), (header::CACHE_CONTROL, cache)], body).into_response()
         }
         (HlsFile::Segment, Ok(body)) => {
             let cache = if state.auth.is_enabled() { PROTECTED_SEGMENT_CACHE } else { SEGMENT_CACHE };

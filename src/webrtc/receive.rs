@@ -144,11 +144,7 @@ async fn read_tracks(
     }
 }
 
-async fn read_track(
-    track: Arc<dyn TrackRemote>,
-    packets: mpsc::Sender<Incoming>,
-    video: VideoTrack,
-) {
+async fn read_track(track: Arc<dyn TrackRemote>, packets: mpsc::Sender<Incoming>, video: VideoTrack) {
     let kind = track.kind().await;
     let mut codec: Option<(u32, String, u32)> = None;
     while let Some(event) = track.poll().await {
