@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::peer::{Offer, Viewer};
-use common::{free_port, Gateway, ReadyChild};
+use common::{free_port, wait_until, Gateway, ReadyChild};
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(20);
@@ -30,15 +30,15 @@ impl WhipServer {
 
     /// Waits until `field` of its stats reaches `at_least`.
     async fn wait_for(&self, field: &str, at_least: u64, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        wait_until(within, &format!("the server's {field} to reach {at_least}"), || async {
             let stats = self.stats().await;
             if stats[field].as_u64().unwrap_or(0) >= at_least {
-                return stats;
+                Ok(stats)
+            } else {
+                Err(stats.to_string())
             }
-            assert!(Instant::now() < deadline, "{field} never reached {at_least} in {within:?}: {stats}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -56,15 +56,15 @@ async fn publication(gateway: &Gateway) -> Value {
 }
 
 async fn wait_for_publication(gateway: &Gateway, state: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until(within, &format!("the publication to be {state}"), || async {
         let publication = publication(gateway).await;
         if publication["state"] == state {
-            return publication;
+            Ok(publication)
+        } else {
+            Err(publication.to_string())
         }
-        assert!(Instant::now() < deadline, "the publication is not {state} after {within:?}: {publication}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// A counter of `/metrics` for stream `live`.
@@ -104,11 +104,15 @@ async fn a_stream_is_published_over_whip_with_its_token_and_outlives_the_server(
     );
     let pli = common::client().post(format!("http://127.0.0.1:{port}/pli")).send().await.unwrap();
     assert_eq!(pli.status(), 204);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while metric(&gateway, "livegate_keyframes_forced_total").await <= forced {
-        assert!(Instant::now() < deadline, "the PLI never reached the encoder");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(3), "the PLI to reach the encoder", || async {
+        let now = metric(&gateway, "livegate_keyframes_forced_total").await;
+        if now > forced {
+            Ok(())
+        } else {
+            Err(format!("{now} keyframes forced"))
+        }
+    })
+    .await;
     server.wait_for("keyframes", keyframes + 1, Duration::from_secs(2)).await;
 
     // The server goes away: the publication retries, and resumes when it is back.

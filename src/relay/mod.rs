@@ -219,7 +219,47 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A session that lasted this long was a success: the next failure starts the back-off afresh.
 pub const STABLE_FOR: Duration = Duration::from_secs(30);
 
+/// How one session with a server ended.
+pub enum Ended {
+    /// Shutdown.
+    Stopped,
+    /// What was offered no longer fits (the stream's tracks changed): offer again at once.
+    Renegotiate,
+    Lost {
+        lasted: Duration,
+        reason: String,
+    },
+}
+
+/// What to do after a session.
+pub enum Next {
+    Stop,
+    Now,
+    /// Wait `delay` after failing for `reason`.
+    Retry {
+        reason: String,
+        delay: Duration,
+    },
+}
+
 impl Backoff {
+    /// What follows a session that ended with `outcome`: a session that lasted resets the
+    /// back-off, a failure waits for it.
+    pub fn after(&mut self, outcome: Result<Ended, RelayError>) -> Next {
+        let reason = match outcome {
+            Ok(Ended::Stopped) => return Next::Stop,
+            Ok(Ended::Renegotiate) => return Next::Now,
+            Ok(Ended::Lost { lasted, reason }) => {
+                if lasted >= STABLE_FOR {
+                    self.reset();
+                }
+                reason
+            }
+            Err(err) => err.to_string(),
+        };
+        Next::Retry { reason, delay: self.next(jitter()) }
+    }
+
     /// The wait before the next attempt; `jitter` is uniform in 0..1.
     pub fn next(&mut self, jitter: f64) -> Duration {
         let doubled = BACKOFF_FIRST.saturating_mul(1 << self.failures.min(5)).min(BACKOFF_MAX);
@@ -232,8 +272,16 @@ impl Backoff {
     }
 }
 
-pub(crate) fn jitter() -> f64 {
+fn jitter() -> f64 {
     f64::from(crate::webrtc::rand_u32()) / f64::from(u32::MAX)
+}
+
+/// Sleeps `delay`; `false` if `stop` came first.
+pub async fn wait_unless_stopped(delay: Duration, stop: &tokio_util::sync::CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
+    }
 }
 
 #[cfg(test)]

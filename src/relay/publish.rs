@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use webrtc::peer_connection::RTCIceServer;
 
-use super::{jitter, Backoff, RelayError, Server, STABLE_FOR};
+use super::{wait_unless_stopped, Backoff, Ended, Next, RelayError, Server};
 use crate::config::PublishSpec;
 use crate::signalling::WHIP;
 use crate::webrtc::stats::Counters;
@@ -158,17 +158,6 @@ pub fn start(
     Ok(Publications { all: publications, tasks, stop })
 }
 
-/// How one session with the server ended.
-enum Ended {
-    Stopped,
-    /// The stream's tracks changed (its sound appeared, its camera's profile): offer again.
-    Changed,
-    Lost {
-        lasted: Duration,
-        reason: String,
-    },
-}
-
 /// How the watch over a session ended.
 enum Watched {
     Closed,
@@ -182,27 +171,20 @@ impl Publication {
         let mut ice_servers = server.ice_servers().await;
         loop {
             self.set(PublicationState::Connecting, None, None);
-            let reason = match self.publish_once(&server, &webrtc, &feed, &mut ice_servers, &stop).await {
-                Ok(Ended::Stopped) => return,
-                Ok(Ended::Changed) => {
-                    tracing::info!(stream = %self.stream, url = %self.url, "the stream's tracks changed; publishing them afresh");
-                    continue;
+            let outcome = self.publish_once(&server, &webrtc, &feed, &mut ice_servers, &stop).await;
+            match backoff.after(outcome) {
+                Next::Stop => return,
+                Next::Now => {
+                    tracing::info!(stream = %self.stream, url = %self.url, "the stream's tracks changed; publishing them afresh")
                 }
-                Ok(Ended::Lost { lasted, reason }) => {
-                    if lasted >= STABLE_FOR {
-                        backoff.reset();
+                Next::Retry { reason, delay } => {
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(stream = %self.stream, url = %self.url, %reason, retry_in = ?delay, "WHIP publication failed; retrying");
+                    self.set(PublicationState::Retrying, Some(reason), None);
+                    if !wait_unless_stopped(delay, &stop).await {
+                        return;
                     }
-                    reason
                 }
-                Err(err) => err.to_string(),
-            };
-            let delay = backoff.next(jitter());
-            self.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(stream = %self.stream, url = %self.url, %reason, retry_in = ?delay, "WHIP publication failed; retrying");
-            self.set(PublicationState::Retrying, Some(reason), None);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.cancelled() => return,
             }
         }
     }
@@ -240,7 +222,7 @@ impl Publication {
         viewer.close();
         match watched {
             Watched::Stopped => return Ok(Ended::Stopped),
-            Watched::Changed => return Ok(Ended::Changed),
+            Watched::Changed => return Ok(Ended::Renegotiate),
             Watched::Closed => {}
         }
         let reason = if connected {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
-use super::{jitter, Backoff, RelayError, Server, STABLE_FOR};
+use super::{wait_unless_stopped, Backoff, Ended, Next, RelayError, Server};
 use crate::config::{AudioMode, Source};
 use crate::media::inlet::{RtpFormat, RtpInlet, RtpMedia};
 use crate::media::Media;
@@ -58,31 +58,21 @@ async fn failed(state: &mut tokio::sync::watch::Receiver<RTCPeerConnectionState>
     let _ = state.wait_for(|s| matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)).await;
 }
 
-enum Ended {
-    Stopped,
-    Lost { lasted: Duration, reason: String },
-}
-
 impl Client {
     async fn run(self, webrtc: Arc<WebRtc>, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         let ice_servers = self.server.ice_servers().await;
         loop {
-            let reason = match self.receive_once(&webrtc, ice_servers.clone(), &stop).await {
-                Ok(Ended::Stopped) => return,
-                Ok(Ended::Lost { lasted, reason }) => {
-                    if lasted >= STABLE_FOR {
-                        backoff.reset();
+            let outcome = self.receive_once(&webrtc, ice_servers.clone(), &stop).await;
+            match backoff.after(outcome) {
+                Next::Stop => return,
+                Next::Now => {}
+                Next::Retry { reason, delay } => {
+                    tracing::warn!(stream = %self.stream, url = %self.server.shown(), %reason, retry_in = ?delay, "WHEP origin lost; reconnecting");
+                    if !wait_unless_stopped(delay, &stop).await {
+                        return;
                     }
-                    reason
                 }
-                Err(err) => err.to_string(),
-            };
-            let delay = backoff.next(jitter());
-            tracing::warn!(stream = %self.stream, url = %self.server.shown(), %reason, retry_in = ?delay, "WHEP origin lost; reconnecting");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.cancelled() => return,
             }
         }
     }

@@ -155,38 +155,39 @@ impl Gateway {
 
     /// Waits until `name` reports `state`, or panics with what it reports.
     pub async fn wait_for_state(&self, name: &str, state: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        wait_until(within, &format!("stream {name} to be {state}"), || async {
             let stream = self.stream(name).await;
             if stream["state"] == state {
-                return stream;
+                Ok(stream)
+            } else {
+                Err(stream.to_string())
             }
-            if Instant::now() > deadline {
-                panic!("stream {name} is not {state} after {within:?}: {stream}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     pub async fn wait_for_viewers(&self, name: &str, viewers: u64, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.stream(name).await["viewers"].as_u64() != Some(viewers) {
-            assert!(
-                Instant::now() < deadline,
-                "stream {name} never had {viewers} viewers: {}",
-                self.stream(name).await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(within, &format!("stream {name} to have {viewers} viewers"), || async {
+            let stream = self.stream(name).await;
+            if stream["viewers"].as_u64() == Some(viewers) {
+                Ok(())
+            } else {
+                Err(stream.to_string())
+            }
+        })
+        .await
     }
 
     /// Waits until the gateway has logged a line containing `text`.
     pub async fn wait_for_log(&self, text: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.log_text().contains(text) {
-            assert!(Instant::now() < deadline, "the gateway never logged {text:?} in {within:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(within, &format!("the gateway to log {text:?}"), || async {
+            if self.log_text().contains(text) {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        })
+        .await
     }
 
     /// The last log line whose message is `message`, as JSON.
@@ -296,5 +297,22 @@ impl Drop for ReadyChild {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Polls `probe` every 50 ms until it gives `Ok`, or panics after `within` naming what was
+/// awaited and the last thing `probe` saw (its `Err`).
+pub async fn wait_until<T, F, Fut>(within: Duration, awaited: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() >= deadline => panic!("waited {within:?} for {awaited}; last seen: {seen}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }

@@ -149,28 +149,26 @@ impl Viewer {
 
     /// Waits until `samples` samples of sound arrived, or panics.
     pub async fn wait_for_sound(&self, samples: u64, within: Duration) -> Seen {
-        let deadline = Instant::now() + within;
-        loop {
+        self.wait_for_seen(within, &format!("{samples} samples of sound"), |seen| seen.audio_samples >= samples).await
+    }
+
+    /// Waits until what the viewer saw passes `enough`, or panics with it.
+    async fn wait_for_seen(&self, within: Duration, awaited: &str, enough: impl Fn(&Seen) -> bool) -> Seen {
+        super::wait_until(within, awaited, || async {
             let seen = self.seen();
-            if seen.audio_samples >= samples {
-                return seen;
+            if enough(&seen) {
+                Ok(seen)
+            } else {
+                Err(format!("{seen:?}"))
             }
-            assert!(Instant::now() < deadline, "only {seen:?} after {within:?}, wanted {samples} samples of sound");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until `frames` frames with a readable strip arrived, or panics.
     pub async fn wait_for_frames(&self, frames: u64, within: Duration) -> Seen {
-        let deadline = Instant::now() + within;
-        loop {
-            let seen = self.seen();
-            if seen.frames_with_strip >= frames {
-                return seen;
-            }
-            assert!(Instant::now() < deadline, "only {seen:?} after {within:?}, wanted {frames} frames with strips");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for_seen(within, &format!("{frames} frames with strips"), |seen| seen.frames_with_strip >= frames)
+            .await
     }
 
     /// Signals over WHEP; returns the session's Location.

@@ -100,6 +100,15 @@ AUDIO_DECODE = (
 )
 
 
+def negotiate_or_stop(session, offer):
+    """The session's answer to `offer`; a session that cannot answer is torn down."""
+    try:
+        return session.negotiate(offer)
+    except BaseException:
+        session.stop()
+        raise
+
+
 def log(message):
     print(f"[whip-server] {message}", file=sys.stderr, flush=True)
 
@@ -591,11 +600,7 @@ class Server:
             if old:
                 log(f"{old.label}: replaced by a new POST")
                 old.stop()
-            try:
-                answer = session.negotiate(offer)
-            except BaseException:
-                session.stop()
-                raise
+            answer = negotiate_or_stop(session, offer)
             with self.lock:
                 self.whip[name] = session
                 self.newest_whip = session
@@ -603,11 +608,7 @@ class Server:
 
     def create_whep(self, name, offer):
         session = WhepSession(name, offer, self.stats, self.args.audio)
-        try:
-            answer = session.negotiate(offer)
-        except BaseException:
-            session.stop()
-            raise
+        answer = negotiate_or_stop(session, offer)
         with self.lock:
             self.whep[session.id] = session
         return session, answer
