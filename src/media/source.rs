@@ -59,7 +59,17 @@ fn target_caps(video: &VideoSettings) -> String {
 
 /// Launch fragment turning any raw video into the target I420 size and rate.
 pub fn normalise(video: &VideoSettings) -> String {
-    format!("videoconvert ! videoscale ! videorate ! {}", target_caps(video))
+    normalise_from(video, None)
+}
+
+/// Like [`normalise`], for video that already comes at `rate` (a camera mode). At the target
+/// rate it needs no `videorate`, which holds every frame until the next one has arrived (a
+/// whole frame period, 33 ms at 30 fps, measured) and would repeat frames when a camera slows
+/// down in the dark.
+fn normalise_from(video: &VideoSettings, rate: Option<gst::Fraction>) -> String {
+    let target = gst::Fraction::new(video.fps as i32, 1);
+    let rate_converter = if rate == Some(target) { "" } else { "videorate ! " };
+    format!("videoconvert ! videoscale ! {rate_converter}{}", target_caps(video))
 }
 
 /// Launch fragment turning any raw audio into `AUDIO_CAPS`, never holding up the video.
@@ -103,7 +113,7 @@ pub fn describe(source: &Source, options: SourceOptions<'_>) -> Result<SourceBin
                 description: format!(
                     "v4l2src device=\"{device}\" ! {} ! queue leaky=downstream max-size-buffers=2 max-size-time=0 max-size-bytes=0 ! {decode}{}{audio}",
                     mode.caps(),
-                    normalise(video)
+                    normalise_from(video, Some(mode.fps))
                 ),
                 clock: CaptureClock::BufferTime,
                 audio: microphone.is_some(),
@@ -215,6 +225,13 @@ mod tests {
         assert!(matches!(describe(&without, options).unwrap(), SourceBin::Launch { audio: false, .. }));
         let off = SourceOptions { audio: false, ..options };
         assert!(matches!(describe(&with, off).unwrap(), SourceBin::Launch { audio: false, .. }));
+    }
+
+    #[test]
+    fn a_camera_at_the_target_rate_skips_videorate() {
+        assert!(!normalise_from(&VIDEO, Some(gst::Fraction::new(30, 1))).contains("videorate"));
+        assert!(normalise_from(&VIDEO, Some(gst::Fraction::new(60, 1))).contains("videorate ! capsfilter"));
+        assert!(normalise(&VIDEO).contains("videorate"), "a source of unknown rate is converted");
     }
 
     #[test]
