@@ -110,6 +110,10 @@ pub struct Settings {
     /// transcodes the rest, always transcodes, never refuses what it cannot forward [default: auto].
     #[arg(long, value_enum)]
     pub transcode: Option<TranscodeMode>,
+    /// PEM certificates that sign WHEP origins' certificates (a private CA), for every whep:
+    /// source without a source_ca of its own.
+    #[arg(long, value_name = "PATH")]
+    pub source_ca: Option<PathBuf>,
     /// Draw the latency strip on every source, not only the test source.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub latency_strip: Option<bool>,
@@ -212,7 +216,7 @@ macro_rules! layer_fields {
 impl Settings {
     /// `self` wins wherever it has a value.
     fn over(self, lower: Settings) -> Settings {
-        layer_fields!(self, lower; listen, streams, publish, width, height, fps, bitrate, encoder, source_timeout,
+        layer_fields!(self, lower; listen, streams, publish, source_ca, width, height, fps, bitrate, encoder, source_timeout,
             audio, audio_device, transcode, latency_strip, hls_dir, state_dir, web_dir, tls_cert, tls_key, tls_san, no_tls,
             webrtc_port, webrtc_tcp_port, webrtc_ports, webrtc_bind, public_ip, ice_server, max_viewers, log_format, viewer_token,
             admin_token, viewer_token_file, admin_token_file, jwt_secret_file, jwks_file, jwks_url,
@@ -947,8 +951,13 @@ impl Config {
 
     /// Fills defaults and validates.
     pub fn resolve(s: Settings, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let streams =
+        let mut streams =
             s.streams.unwrap_or_else(|| vec![StreamSpec { name: DEFAULT_STREAM_NAME.into(), source: Source::Test }]);
+        for stream in &mut streams {
+            if let Source::Whep(upstream) = &mut stream.source {
+                upstream.ca = upstream.ca.take().or_else(|| s.source_ca.clone());
+            }
+        }
         let mut names = HashSet::new();
         for stream in &streams {
             if !names.insert(stream.name.as_str()) {
@@ -1329,6 +1338,9 @@ mod tests {
         assert!(err.contains(ACCEPTED_SERVER_URLS), "{err}");
         let err = load(&["--publish", "cam=https://ingest.example.net/whip"], &[]).unwrap_err().to_string();
         assert!(err.contains("cam") && err.contains("live"), "names the unknown stream and the known: {err}");
+        let c = load(&["--stream", "r=whep:https://origin.example.net/whep/live", "--source-ca", "/etc/ca.pem"], &[]);
+        let Source::Whep(upstream) = &c.unwrap().streams[0].source else { panic!("not a whep: source") };
+        assert_eq!(upstream.ca.as_deref(), Some(Path::new("/etc/ca.pem")), "--source-ca serves every whep: source");
 
         let toml = r#"
             [[stream]]

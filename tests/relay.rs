@@ -216,3 +216,23 @@ async fn a_relay_takes_a_stream_from_a_whep_server_that_is_not_livegate() {
     // A joining viewer's keyframe request goes upstream as a PLI.
     assert!(server.stats().await["plis_received"].as_u64().unwrap() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_self_signed_origin_is_refused_unless_its_certificate_is_trusted() {
+    let origin = Gateway::start(&["--width", "640", "--height", "360"]);
+    origin.wait_for_state("live", "playing", START).await;
+    let source = format!("live=whep:{}/whep/live", origin.base);
+    let untrusting = Gateway::start(&["--stream", &source]);
+    untrusting.wait_for_log("WHEP origin lost; reconnecting", START).await;
+    let reason = untrusting.last_log("WHEP origin lost; reconnecting")["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("cannot reach the WHEP origin") && reason.to_lowercase().contains("certificate"),
+        "{reason}"
+    );
+    drop(untrusting);
+
+    let certificate = origin.last_log("TLS certificate loaded")["cert"].as_str().unwrap().to_owned();
+    let trusting = Gateway::start(&["--stream", &source, "--source-ca", &certificate]);
+    trusting.wait_for_state("live", "playing", START).await;
+    assert_eq!(trusting.stream("live").await["video"]["transcoded"], false);
+}
