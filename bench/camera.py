@@ -97,7 +97,7 @@ try:
     gi.require_version("GstSdp", "1.0")
     gi.require_version("GstVideo", "1.0")
     gi.require_version("GstWebRTC", "1.0")
-    from gi.repository import Gst, GstSdp, GstVideo, GstWebRTC  # noqa: E402
+    from gi.repository import Gst, GstSdp, GstWebRTC  # noqa: E402
 except (ImportError, ValueError) as err:
     fail(f"{err}: run with /usr/bin/python3 and install python3-gi, gir1.2-gstreamer-1.0, "
          "gir1.2-gst-plugins-base-1.0 and gir1.2-gst-plugins-bad-1.0")
@@ -183,46 +183,6 @@ class CpuWindow:
         return result
 
 
-# --- The latency strip ----------------------------------------------------------------------
-
-
-class StripDecoder:
-    """Reads the strip the camera drew on a frame `source_width` wide.
-
-    A transcoding gateway scales the frame (and the strip with it) without redrawing it, so the
-    cells are placed by the camera's width, scaled to the decoded one; when the two are equal
-    this is exactly the spec's decoder (central half of each cell, luma above 128 is 1).
-    """
-
-    def __init__(self, source_width):
-        self.source_cell = source_width // strip.CELLS
-        self.source_width = source_width
-        self.caps = None
-
-    def _layout(self, caps):
-        info = GstVideo.VideoInfo.new_from_caps(caps)
-        cell = self.source_cell * info.width / self.source_width
-        lo, hi = round(cell / 4), max(round(cell / 4) + 1, round(3 * cell / 4))
-        self.stride = info.stride[0]
-        self.rows = range(lo, hi)
-        self.columns = [(int(k * cell) + lo, int(k * cell) + hi) for k in range(strip.CELLS)]
-        self.threshold = 128 * (hi - lo) * (hi - lo)
-        self.extent = hi * self.stride
-        self.caps = caps
-
-    def read(self, sample):
-        """The frame's capture time in ms mod 2^40, or None when the CRC does not match."""
-        caps = sample.get_caps()
-        if self.caps is None or not caps.is_equal(self.caps):
-            self._layout(caps)
-        data = sample.get_buffer().extract_dup(0, self.extent)
-        lines = [data[y * self.stride:(y + 1) * self.stride] for y in self.rows]
-        word = 0
-        for x0, x1 in self.columns:
-            word = word << 1 | (sum(sum(line[x0:x1]) for line in lines) > self.threshold)
-        return strip.value_of(word)
-
-
 # --- Readers ----------------------------------------------------------------------------------
 
 _gobject = ctypes.CDLL("libgobject-2.0.so.0")
@@ -241,7 +201,7 @@ class Reader:
 
     def __init__(self, name, source_width):
         self.name = name
-        self.strip = StripDecoder(source_width)
+        self.strip = strip.StripDecoder(source_width)
         self.pipeline = Gst.Pipeline.new(name)
         self.lock = threading.Lock()
         self.recording = False

@@ -65,7 +65,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent.parent / "bench"))
 
 import gi  # noqa: E402
 
@@ -77,7 +76,7 @@ from gi.repository import GLib, Gst, GstSdp, GstVideo, GstWebRTC  # noqa: E402
 
 import rtsp_server  # noqa: E402  (the RTSP test camera: its strip painter)
 import strip  # noqa: E402
-from camera import StripDecoder  # noqa: E402  (bench/camera.py: its strip reader)
+from strip import StripDecoder  # noqa: E402
 
 Gst.init(None)
 
