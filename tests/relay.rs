@@ -147,6 +147,25 @@ async fn a_refused_token_is_reported_as_such_and_never_shown() {
     gateway.wait_for_state("live", "playing", START).await;
     let api = common::client().get(gateway.url("/api/streams")).send().await.unwrap().text().await.unwrap();
     assert!(!gateway.log_text().contains("a-wrong-token-9") && !api.contains("a-wrong-token-9"));
+    // Refused offers leave no peer behind: only the shared media socket stays bound.
+    wait_until(START, "a second refused attempt", || async {
+        let reconnects = publication(&gateway).await["reconnects"].as_u64().unwrap_or(0);
+        if reconnects >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{reconnects} reconnects"))
+        }
+    })
+    .await;
+    wait_until(Duration::from_secs(2), "one UDP socket", || async {
+        let ports = common::udp_ports(gateway.pid());
+        if ports.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("UDP ports {ports:?}"))
+        }
+    })
+    .await;
 }
 
 #[test]

@@ -443,7 +443,6 @@ impl WebRtc {
             None
         };
         let (sdp, state) = self.offer_with_candidates(offering).await?;
-        unfinished.done();
         let session = Session {
             place,
             peer,
@@ -455,7 +454,7 @@ impl WebRtc {
             events,
             signalling,
         };
-        Ok(Offered { sdp, stream: stream.into(), feed, session, webrtc: self.clone() })
+        Ok(Offered { sdp, stream: stream.into(), feed, session, webrtc: self.clone(), unfinished })
     }
 
     /// A peer that offers to a server (WHIP, WHEP), on a socket of its own; `tracks` gets the
@@ -599,23 +598,20 @@ pub struct Offered {
     feed: Arc<dyn Feed>,
     session: Session,
     webrtc: Arc<WebRtc>,
+    /// Closes the peer if no answer makes it a viewer (the server refused, or was not there).
+    unfinished: Unfinished,
 }
 
 impl Offered {
     /// Takes the server's answer; the peer then connects and is served as a viewer.
     pub async fn accept(self, answer_sdp: String) -> Result<Arc<Viewer>, WebRtcError> {
         let answer = RTCSessionDescription::answer(answer_sdp).map_err(|e| WebRtcError::Answer(e.to_string()))?;
-        let peer = self.session.peer.clone();
-        if let Err(err) = peer.set_remote_description(answer).await {
-            let _ = peer.close().await;
-            self.session.stats.ended(Ended::NeverConnected);
-            return Err(WebRtcError::Answer(err.to_string()));
-        }
+        let peer = &self.session.peer;
+        peer.set_remote_description(answer).await.map_err(|e| WebRtcError::Answer(e.to_string()))?;
         if !sdp::answer_receives_video(&peer.remote_description().await.map(|d| d.sdp).unwrap_or_default()) {
-            let _ = peer.close().await;
-            self.session.stats.ended(Ended::NeverConnected);
             return Err(WebRtcError::Answer("it takes no video (no H.264 section that receives)".into()));
         }
+        self.unfinished.done();
         Ok(self.webrtc.serve(&self.stream, self.feed, self.session, &self.sdp, Vec::new()))
     }
 }
@@ -625,6 +621,13 @@ impl Offered {
 struct Unfinished {
     stats: Option<Arc<ViewerStats>>,
     peer: Option<Arc<dyn PeerConnection>>,
+}
+
+impl Unfinished {
+    /// A peer without a viewer's counters (a receiving one).
+    fn peer(peer: Arc<dyn PeerConnection>) -> Unfinished {
+        Unfinished { stats: None, peer: Some(peer) }
+    }
 }
 
 impl Unfinished {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription};
 
-use super::{engine, setup, WebRtc, WebRtcError};
+use super::{engine, setup, Unfinished, WebRtc, WebRtcError};
 
 /// H.264 profiles a relay takes: whatever its origin forwards, which it forwards in turn.
 pub const RECEIVED_H264_PROFILES: [&str; 4] = ["42e01f", "42001f", "4d001f", "64001f"];
@@ -42,6 +42,8 @@ pub struct Receiving {
     peer: Arc<dyn PeerConnection>,
     state: watch::Receiver<RTCPeerConnectionState>,
     tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
+    /// Closes the peer if no answer is taken (the server refused, or was not there).
+    unfinished: Unfinished,
 }
 
 /// A connected (or connecting) receiving peer: its packets, its state, and its controls.
@@ -73,6 +75,7 @@ impl WebRtc {
         let (events, _) = mpsc::unbounded_channel();
         let offering = self.offering_peer(engine, interceptors, ice_servers, events, Some(tracks_tx)).await?;
         let peer = offering.peer.clone();
+        let unfinished = Unfinished::peer(peer.clone());
         let recvonly = || RTCRtpTransceiverInit {
             direction: RTCRtpTransceiverDirection::Recvonly,
             streams: Vec::new(),
@@ -81,35 +84,19 @@ impl WebRtc {
         let kinds: &[RtpCodecKind] =
             if audio { &[RtpCodecKind::Video, RtpCodecKind::Audio] } else { &[RtpCodecKind::Video] };
         for kind in kinds {
-            if let Err(err) = peer.add_transceiver_from_kind(*kind, Some(recvonly())).await {
-                let _ = peer.close().await;
-                return Err(setup(err));
-            }
+            peer.add_transceiver_from_kind(*kind, Some(recvonly())).await.map_err(setup)?;
         }
-        match self.offer_with_candidates(offering).await {
-            Ok((sdp, state)) => Ok(Receiving { sdp, peer, state, tracks }),
-            Err(err) => {
-                let _ = peer.close().await;
-                Err(err)
-            }
-        }
+        let (sdp, state) = self.offer_with_candidates(offering).await?;
+        Ok(Receiving { sdp, peer, state, tracks, unfinished })
     }
 }
 
 impl Receiving {
     /// Takes the server's answer; packets of every track arrive on [`Received::packets`].
     pub async fn accept(self, answer_sdp: String) -> Result<Received, WebRtcError> {
-        let answer = RTCSessionDescription::answer(answer_sdp).map_err(|e| WebRtcError::Answer(e.to_string()));
-        let applied = match answer {
-            Ok(answer) => {
-                self.peer.set_remote_description(answer).await.map_err(|e| WebRtcError::Answer(e.to_string()))
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(err) = applied {
-            let _ = self.peer.close().await;
-            return Err(err);
-        }
+        let answer = RTCSessionDescription::answer(answer_sdp).map_err(|e| WebRtcError::Answer(e.to_string()))?;
+        self.peer.set_remote_description(answer).await.map_err(|e| WebRtcError::Answer(e.to_string()))?;
+        self.unfinished.done();
         let (packets_tx, packets) = mpsc::channel(RECEIVED_QUEUE);
         let video = Arc::new(Mutex::new(None));
         tokio::spawn(read_tracks(self.tracks, packets_tx, video.clone()));
