@@ -252,6 +252,14 @@ async fn a_self_signed_origin_is_refused_unless_its_certificate_is_trusted() {
 
     let certificate = origin.last_log("TLS certificate loaded")["cert"].as_str().unwrap().to_owned();
     let trusting = Gateway::start(&["--stream", &source, "--source-ca", &certificate]);
-    trusting.wait_for_state("live", "playing", START).await;
-    assert_eq!(trusting.stream("live").await["video"]["transcoded"], false);
+    // Playing comes with the first frame; forwarding once the source's streams are all known.
+    wait_until(START, "the origin's video forwarded", || async {
+        let stream = trusting.stream("live").await;
+        if stream["state"] == "playing" && stream["video"]["transcoded"] == false {
+            Ok(())
+        } else {
+            Err(stream.to_string())
+        }
+    })
+    .await;
 }
