@@ -587,7 +587,7 @@ async function startHls(info, why) {
   setState('connecting');
   startWatchdog(s, HLS_FIRST_FRAME_MS);
   // The playlist hands the token on to its segments, for hls.js and native HLS alike.
-  const url = withToken(info.hls || `/hls/${encodeURIComponent(info.name)}/index.m3u8`);
+  const url = withToken(info.ll_hls || info.hls || `/hls/${encodeURIComponent(info.name)}/ll.m3u8`);
 
   const Hls = await loadHlsJs().catch((e) => { console.info('[livegate]', e.message); return null; });
   if (!alive(s)) return;
@@ -613,9 +613,7 @@ async function startHls(info, why) {
   }
   const hls = new Hls({
     enableWorker: true,            // inline blob worker, no extra request
-    lowLatencyMode: true,
-    liveSyncDuration: 1.5,         // ~1.5 segments behind the live edge
-    liveMaxLatencyDuration: 4,     // beyond this, seek back to the sync point
+    lowLatencyMode: true,          // parts, blocking reloads, and PART-HOLD-BACK from the live edge
     maxLiveSyncPlaybackRate: 1.5,  // catch up smoothly instead of seeking
     liveDurationInfinity: true,
     backBufferLength: 4,

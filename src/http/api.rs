@@ -29,7 +29,10 @@ pub struct StreamView {
     pub video: VideoOutput,
     /// The sound's codecs, or none.
     pub audio: Option<AudioOutput>,
+    /// MPEG-TS segments, for any HLS player.
     pub hls: String,
+    /// Low-Latency HLS (fMP4 parts), for hls.js and Safari.
+    pub ll_hls: String,
     pub whep: String,
     pub ws: String,
     pub player: String,
@@ -76,6 +79,7 @@ pub fn streams_info(state: &AppState) -> Vec<StreamInfo> {
                     video: output.video,
                     audio: output.audio,
                     hls: format!("/hls/{name}/index.m3u8"),
+                    ll_hls: format!("/hls/{name}/{}", crate::media::llhls::PLAYLIST),
                     whep: format!("/whep/{name}"),
                     ws: format!("/ws/{name}"),
                     player: format!("/?stream={name}"),

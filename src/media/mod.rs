@@ -14,8 +14,10 @@
 pub mod camera;
 pub mod capture;
 pub mod encoder;
+pub mod fmp4;
 pub mod hls;
 pub mod inlet;
+pub mod llhls;
 pub mod passthrough;
 pub mod pipeline;
 pub mod signal;
@@ -200,6 +202,8 @@ pub struct MediaStream {
     pub inlet: Arc<inlet::RtpInlet>,
     /// The public HLS playlist, continued across encoders.
     playlist: Mutex<hls::Playlist>,
+    /// Low-Latency HLS, continued across encoders.
+    pub low_latency: Arc<llhls::LowLatencyHls>,
     pub counters: Arc<StreamCounters>,
 }
 
@@ -225,6 +229,7 @@ impl MediaStream {
                 pipeline::HLS_FILES_KEPT,
                 pipeline::HLS_SEGMENT_SECONDS,
             )),
+            low_latency: Arc::default(),
             counters: Arc::default(),
         }
     }
@@ -402,6 +407,7 @@ impl MediaStream {
         std::fs::create_dir_all(&self.hls_dir)
             .map_err(|source| MediaError::HlsDir { path: self.hls_dir.clone(), source })?;
         self.playlist.lock().expect("playlist lock").new_encoder();
+        self.low_latency.new_encoder(plan.audio.then(pipeline::aac_format));
         let this = self.clone();
         let built = tokio::task::spawn_blocking(move || {
             let settings = PipelineSettings { video: &this.video, encoder, hls_dir: &this.hls_dir, plan: &plan };
@@ -411,6 +417,7 @@ impl MediaStream {
                 &settings,
                 move |p| video.on_packet(p),
                 move |p| audio.on_audio_packet(p),
+                this.low_latency.clone(),
             )?;
             pipeline.play()?;
             Ok::<_, MediaError>(pipeline)

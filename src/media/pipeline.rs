@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use gstreamer as gst;
@@ -12,6 +13,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use super::fmp4::AudioFormat;
+use super::llhls::{AudioFrame, LowLatencyHls, VideoFrame};
 use super::passthrough::H264Profile;
 use super::{encoder, source, strip, MediaError};
 use crate::config::{EncoderChoice, VideoSettings};
@@ -40,6 +43,8 @@ pub const HLS_PLAYLIST_LENGTH: usize = 6;
 pub const HLS_FILES_KEPT: usize = 12;
 /// RTP packets an appsink holds if the fan-out falls behind (~1 s at 2 Mbit/s).
 const RTP_SINK_BUFFERS: u32 = 256;
+/// Frames Low-Latency HLS may fall behind by before the oldest are dropped (~2 s).
+const LOW_LATENCY_BUFFERS: u32 = 64;
 
 /// What an encoding part carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +113,19 @@ pub fn appsink(
     max_buffers: u32,
     on_buffer: impl Fn(gst::Buffer) + Send + Sync + 'static,
 ) -> gst_app::AppSink {
+    sample_sink(name, max_buffers, move |sample| {
+        if let Some(buffer) = sample.buffer_owned() {
+            on_buffer(buffer);
+        }
+    })
+}
+
+/// `appsink`, handing over whole samples: each buffer with its caps.
+fn sample_sink(
+    name: &str,
+    max_buffers: u32,
+    on_sample: impl Fn(gst::Sample) + Send + Sync + 'static,
+) -> gst_app::AppSink {
     gst_app::AppSink::builder()
         .name(name)
         .sync(false)
@@ -116,10 +134,7 @@ pub fn appsink(
         .callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    if let Some(buffer) = sample.buffer_owned() {
-                        on_buffer(buffer);
-                    }
+                    on_sample(sink.pull_sample().map_err(|_| gst::FlowError::Eos)?);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -152,6 +167,7 @@ impl StreamPipeline {
         settings: &PipelineSettings<'_>,
         on_video: impl Fn(Bytes) + Send + Sync + 'static,
         on_audio: impl Fn(Bytes) + Send + Sync + 'static,
+        low_latency: Arc<LowLatencyHls>,
     ) -> Result<StreamPipeline, MediaError> {
         let video = settings.video;
         let pipeline = gst::Pipeline::with_name(stream);
@@ -216,15 +232,23 @@ impl StreamPipeline {
         // Send each NAL as soon as it is out of the encoder instead of waiting to aggregate.
         pay.set_property_from_str("aggregate-mode", "zero-latency");
         let rtp_sink = packet_sink("rtp", on_video);
+        let parts_queue = queue("ll-hls-queue")?;
+        let parts_sink = low_latency_video_sink(base_time, low_latency.clone());
 
-        pipeline.add_many([&parse, &tee, &hls_queue, &hls, &rtp_queue, &pay, &rtp_sink]).map_err(link_error)?;
+        pipeline
+            .add_many([&parse, &tee, &hls_queue, &hls, &rtp_queue, &pay, &rtp_sink, &parts_queue, &parts_sink])
+            .map_err(link_error)?;
         let last = encoder.as_ref().map_or(video_in.upcast_ref(), |(_, caps)| caps);
         link(&[last, &parse, &tee])?;
         link(&[&tee, &hls_queue, &hls])?;
         link(&[&tee, &rtp_queue, &pay, &rtp_sink])?;
+        link(&[&tee, &parts_queue, &parts_sink])?;
 
-        let audio_in =
-            if settings.plan.audio { Some(add_audio(stream, &pipeline, &hls, base_time, on_audio)?) } else { None };
+        let audio_in = if settings.plan.audio {
+            Some(add_audio(stream, &pipeline, &hls, base_time, on_audio, low_latency)?)
+        } else {
+            None
+        };
         Ok(StreamPipeline {
             pipeline,
             base_time,
@@ -357,6 +381,7 @@ fn add_audio(
     hls: &gst::Element,
     base_time: gst::ClockTime,
     on_audio: impl Fn(Bytes) + Send + Sync + 'static,
+    low_latency: Arc<LowLatencyHls>,
 ) -> Result<gst_app::AppSrc, MediaError> {
     let link_error = |err: gst::glib::BoolError| MediaError::Link { stream: stream.into(), reason: err.to_string() };
     let caps = source::AUDIO_CAPS.parse::<gst::Caps>().expect("valid caps");
@@ -389,6 +414,9 @@ fn add_audio(
     aac.set_property("bitrate", AAC_BITRATE);
     starts_when_heard(&aac, AAC_ENCODER_DELAY);
     let aac_parse = make("aacparse", "aac-parse")?;
+    let aac_tee = make("tee", "aac-tee")?;
+    let parts_queue = queue("ll-hls-audio-queue")?;
+    let parts_sink = low_latency_audio_sink(base_time, low_latency);
     pipeline
         .add_many([
             samples.upcast_ref(),
@@ -404,21 +432,25 @@ fn add_audio(
             &aac_convert,
             &aac,
             &aac_parse,
+            &aac_tee,
+            &parts_queue,
+            parts_sink.upcast_ref(),
         ])
         .map_err(link_error)?;
     for chain in [
         &[&silence, &silence_caps, &mix][..],
         &[samples.upcast_ref(), &mix, &tee],
         &[&tee, &opus_queue, &opus, &opus_pay, &opus_sink],
-        &[&tee, &aac_queue, &aac_convert, &aac, &aac_parse],
+        &[&tee, &aac_queue, &aac_convert, &aac, &aac_parse, &aac_tee],
+        &[&aac_tee, &parts_queue, parts_sink.upcast_ref()],
     ] {
         gst::Element::link_many(chain).map_err(link_error)?;
     }
     let unlinked = |reason: String| MediaError::Link { stream: stream.into(), reason };
     let hls_audio = hls.request_pad_simple("audio").ok_or_else(|| unlinked("hlssink2 has no audio pad".into()))?;
-    aac_parse
-        .static_pad("src")
-        .expect("aacparse has a src pad")
+    aac_tee
+        .request_pad_simple("src_%u")
+        .ok_or_else(|| unlinked("a tee always gives a src pad".into()))?
         .link(&hls_audio)
         .map_err(|err| unlinked(format!("AAC into hlssink2: {err}")))?;
     Ok(samples)
@@ -445,6 +477,64 @@ fn starts_when_heard(encoder: &gst::Element, delay: gst::ClockTime) {
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+/// The AAC the encoder writes, as an MP4 sample entry describes it: AAC-LC at the mixer's rate.
+pub fn aac_format() -> AudioFormat {
+    const AAC_LC: u8 = 2;
+    const FREQUENCY_INDEX_48000: u8 = 3;
+    debug_assert_eq!(source::AUDIO_RATE, 48_000);
+    let channels = source::AUDIO_CHANNELS as u8;
+    let config = [(AAC_LC << 3) | (FREQUENCY_INDEX_48000 >> 1), (FREQUENCY_INDEX_48000 << 7) | (channels << 3)];
+    AudioFormat::from_config(&config, source::AUDIO_RATE, channels.into()).expect("two bytes of config")
+}
+
+/// Wall-clock time of a buffer time in `sample`'s segment, in a pipeline started at
+/// `base_time`. (Encoders shift their output's timestamps by 1000 hours, and their segment
+/// with them, so that decode times never go below zero: only the running time is wall time.)
+fn wall_clock_ns(base_time: gst::ClockTime, sample: &gst::Sample, at: Option<gst::ClockTime>) -> Option<u64> {
+    let segment = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+    Some((base_time + segment.to_running_time(at?)?).nseconds())
+}
+
+/// Hands the encoded H.264 (Annex B access units) to Low-Latency HLS.
+fn low_latency_video_sink(base_time: gst::ClockTime, low_latency: Arc<LowLatencyHls>) -> gst::Element {
+    let sink = sample_sink("ll-hls", LOW_LATENCY_BUFFERS, move |sample| {
+        let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps().and_then(|c| c.structure(0))) else { return };
+        let Some(presentation_ns) = wall_clock_ns(base_time, &sample, buffer.pts()) else { return };
+        let Ok(map) = buffer.map_readable() else { return };
+        let dimension = |name| caps.get::<i32>(name).ok().and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
+        low_latency.push_video(VideoFrame {
+            decode_ns: wall_clock_ns(base_time, &sample, buffer.dts()).unwrap_or(presentation_ns),
+            presentation_ns,
+            keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            annex_b: Bytes::copy_from_slice(&map),
+            width: dimension("width"),
+            height: dimension("height"),
+        });
+    });
+    sink.set_caps(Some(&"video/x-h264,stream-format=byte-stream,alignment=au".parse().expect("valid caps")));
+    sink.upcast()
+}
+
+/// Hands raw AAC frames to Low-Latency HLS; asking for raw makes aacparse send MPEG-TS the same.
+fn low_latency_audio_sink(base_time: gst::ClockTime, low_latency: Arc<LowLatencyHls>) -> gst_app::AppSink {
+    let sink = sample_sink("ll-hls-audio", LOW_LATENCY_BUFFERS, move |sample| {
+        let Some(buffer) = sample.buffer() else { return };
+        let (Some(presentation_ns), Some(duration)) =
+            (wall_clock_ns(base_time, &sample, buffer.pts()), buffer.duration())
+        else {
+            return;
+        };
+        let Ok(map) = buffer.map_readable() else { return };
+        low_latency.push_audio(AudioFrame {
+            presentation_ns,
+            duration_ns: duration.nseconds(),
+            data: Bytes::copy_from_slice(&map),
+        });
+    });
+    sink.set_caps(Some(&"audio/mpeg,mpegversion=4,stream-format=raw".parse().expect("valid caps")));
+    sink
 }
 
 /// Whether `message` says hlssink2 finished a segment (and listed it in its playlist).
