@@ -4,6 +4,7 @@ import { cellSize, decodeStrip, latencyFrom } from './strip.js';
 
 const WEBRTC_FIRST_FRAME_MS = 4000; // auto mode falls back to HLS after this
 const HLS_FIRST_FRAME_MS = 10000;   // HLS needs a playlist + segment first
+const LIVE_JUMP_S = 0.25;          // HLS this far behind its target latency jumps to it
 const STALL_MS = 2000;              // frames stopped advancing -> reconnect (make before break)
 const STALL_GIVE_UP_MS = 10000;      // neither connection shows video: start over
 const WEBRTC_FAILURES_BEFORE_HLS = 3; // auto mode: WebRTC failures in a row before HLS
@@ -634,6 +635,14 @@ async function startHls(info, why) {
     else console.debug('[livegate] hls.js', data.details);
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => playVideo(s));
+  // hls.js speeds up towards its target latency only with over a second buffered ahead, which
+  // Low-Latency HLS never has: when it is well behind (after the start, after a stall), jump.
+  hls.on(Hls.Events.FRAG_BUFFERED, () => {
+    const sync = hls.liveSyncPosition;
+    if (!alive(s) || video.paused || sync === null || hls.latency - hls.targetLatency < LIVE_JUMP_S) return;
+    const b = video.buffered;
+    if (b.length && sync < b.end(b.length - 1)) video.currentTime = sync;
+  });
   hls.on(Hls.Events.BUFFER_CODECS, (_evt, data) => { if (alive(s)) showSound(!!data.audio); });
   hls.attachMedia(video);
   hls.loadSource(url);

@@ -172,8 +172,10 @@ impl Default for LowLatencyHls {
     }
 }
 
+/// Nanoseconds in a timescale, rounded to the nearest tick (an AAC frame is 21 333 333 ns:
+/// 1024 ticks at 48 kHz, not 1023).
 fn ticks(ns: u64, timescale: u32) -> u64 {
-    (u128::from(ns) * u128::from(timescale) / 1_000_000_000) as u64
+    ((u128::from(ns) * u128::from(timescale) + 500_000_000) / 1_000_000_000) as u64
 }
 
 impl LowLatencyHls {
@@ -551,18 +553,15 @@ mod tests {
     fn feed(hls: &LowLatencyHls, from: u64, to: u64) {
         const AAC_NS: u64 = 1024 * 1_000_000_000 / 48_000;
         for n in from..to {
-            let frame = frame(n);
-            let until = frame.presentation_ns;
-            hls.push_video(frame);
-            let first = (START_NS + n.saturating_sub(1) * FRAME_NS).div_ceil(AAC_NS);
-            for a in first..until.div_ceil(AAC_NS) {
-                if a * AAC_NS >= START_NS + n.saturating_sub(1) * FRAME_NS {
-                    hls.push_audio(AudioFrame {
-                        presentation_ns: a * AAC_NS,
-                        duration_ns: AAC_NS,
-                        data: Bytes::from_static(b"aac"),
-                    });
-                }
+            hls.push_video(frame(n));
+            let captured_since_last_frame = (START_NS + n.saturating_sub(1) * FRAME_NS).div_ceil(AAC_NS)
+                ..(START_NS + n * FRAME_NS).div_ceil(AAC_NS);
+            for a in captured_since_last_frame.filter(|_| n > 0) {
+                hls.push_audio(AudioFrame {
+                    presentation_ns: a * AAC_NS,
+                    duration_ns: AAC_NS,
+                    data: Bytes::from_static(b"aac"),
+                });
             }
         }
     }
@@ -653,6 +652,27 @@ mod tests {
         let mut init = &init[..];
         mp4_atom::Ftyp::decode(&mut init).unwrap();
         assert_eq!(mp4_atom::Moov::decode(&mut init).unwrap().trak.len(), 2);
+    }
+
+    #[test]
+    fn each_track_runs_on_from_part_to_part_without_gaps() {
+        let hls = with_audio();
+        feed(&hls, 0, 30 * 4 + 1);
+        let mut ends = [None, None];
+        for msn in 0..4 {
+            for (index, part) in (0..).map_while(|p| hls.file(Resource::Part(msn, p))).enumerate() {
+                for traf in Moof::decode(&mut &part[..]).unwrap().traf {
+                    let start = traf.tfdt.unwrap().base_media_decode_time;
+                    let track = traf.tfhd.track_id as usize - 1;
+                    if let Some(end) = ends[track] {
+                        assert_eq!(start, end, "track {} of part {msn}.{index} starts where the last ended", track + 1);
+                    }
+                    let durations: u64 = traf.trun[0].entries.iter().map(|e| u64::from(e.duration.unwrap())).sum();
+                    ends[track] = Some(start + durations);
+                }
+            }
+        }
+        assert!(ends.iter().all(Option::is_some), "video and sound");
     }
 
     #[test]

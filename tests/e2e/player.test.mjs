@@ -62,7 +62,7 @@ describe('one gateway: test stream, WebRTC media on 127.0.0.1', () => {
     }
   });
 
-  test('2. HLS plays: frames advance through hls.js, page says HLS, latency < 10 s', async () => {
+  test('2. HLS plays: Low-Latency HLS through hls.js (parts, blocking reloads), page says HLS, latency < 2 s', async () => {
     const { context, report } = await newContext(browser, gw.origin);
     try {
       const page = await context.newPage();
@@ -72,12 +72,13 @@ describe('one gateway: test stream, WebRTC media on 127.0.0.1', () => {
       await page.goto(`${gw.origin}/?mode=hls`);
       const tookMs = await waitPlaying(page, 'HLS', t0 + 15000, t0);
       const motion = await assertAdvancing(page);
-      const latency = await assertLatency(page, { maxMs: 10000 });
+      const latency = await assertLatency(page, { maxMs: 2000 });
       const shown = await readPage(page);
       assert.equal(shown.mode, 'HLS');
       assert.ok(shown.video.src.startsWith('blob:'), `hls.js feeds the video through MediaSource (src ${shown.video.src})`);
-      assert.ok(hlsRequests.some((u) => u.endsWith('.m3u8')), 'playlist fetched');
-      assert.ok(hlsRequests.some((u) => !u.endsWith('.m3u8')), 'segments fetched');
+      const paths = hlsRequests.map((u) => new URL(u));
+      assert.ok(paths.some((u) => u.pathname.endsWith('/ll.m3u8') && u.searchParams.has('_HLS_msn')), `blocking playlist reloads: ${hlsRequests.slice(0, 8)}`);
+      assert.ok(paths.some((u) => /\/ll-\d+\.\d+\.m4s$/.test(u.pathname)), `parts fetched: ${hlsRequests.slice(0, 8)}`);
       await screenshot(page, '2-hls');
       results.hls = { firstFrameMs: tookMs, ...motion, latency };
       log(`HLS playing after ${tookMs} ms, ${motion.fps} fps, page latency ${latency.displayed} ms (independent ${latency.independent} ms, max diff ${latency.maxDiff} ms)`);
@@ -296,7 +297,7 @@ test('8. access control: the ?token= link plays over WebRTC and HLS; no or a bad
         await waitPlaying(page, expect, t0 + (mode === 'hls' ? 15000 : 5000), t0);
         await assertAdvancing(page, { ms: 1000, width: 640, height: 360 });
         if (mode === 'hls') {
-          const segments = requests.filter((u) => /\/hls\/.*\.ts/.test(u));
+          const segments = requests.filter((u) => /\/hls\/.*\.(m4s|mp4)/.test(u));
           assert.ok(segments.length > 0, 'segments fetched');
           assert.ok(segments.every((u) => u.includes('token=')), `every segment request carries the token: ${segments}`);
         }
