@@ -643,7 +643,10 @@ async function startHls(info, why) {
     const b = video.buffered;
     if (b.length && sync < b.end(b.length - 1)) video.currentTime = sync;
   });
-  hls.on(Hls.Events.BUFFER_CODECS, (_evt, data) => { if (alive(s)) showSound(!!data.audio); });
+  // Sound is a track of its own in MPEG-TS, and shares one with the picture in fMP4 parts.
+  hls.on(Hls.Events.BUFFER_CODECS, (_evt, data) => {
+    if (alive(s)) showSound(!!data.audio || /mp4a|opus/.test((data.audiovideo && data.audiovideo.codec) || ''));
+  });
   hls.attachMedia(video);
   hls.loadSource(url);
 }
