@@ -5,14 +5,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::decode::{decode_video, Decoded};
 use common::peer::{self, Viewer};
 use common::{client, Gateway};
 use futures_util::SinkExt;
-use gstreamer as gst;
-use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
-use gstreamer_video as gst_video;
-use livegate::media::strip;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -77,40 +73,11 @@ async fn hls_playlist_appears_and_segments_decode_with_strips() {
     assert!(response.headers()["cache-control"].to_str().unwrap().contains("max-age"));
     let body = response.bytes().await.unwrap();
 
-    let (frames, with_strip, size) = decode_ts(&body);
+    let Decoded { frames, with_strip, size } = decode_video("tsdemux", &body);
     eprintln!("segment {segment}: {frames} frames at {size:?}, {with_strip} strips decoded");
     assert_eq!(size, (1280, 720));
     assert!(frames >= 15, "a 1 s segment at 30 fps has ~30 frames, got {frames}");
     assert_eq!(with_strip, frames, "every frame carries a readable strip");
-}
-
-/// Decodes an MPEG-TS segment; returns (frames, frames whose strip decodes to a recent time, size).
-fn decode_ts(ts: &[u8]) -> (u64, u64, (u32, u32)) {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(
-        "appsrc name=in ! tsdemux ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=out sync=false",
-    )
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let appsrc = pipeline.by_name("in").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let appsink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    appsrc.push_buffer(gst::Buffer::from_slice(ts.to_vec())).unwrap();
-    appsrc.end_of_stream().unwrap();
-    let (mut frames, mut with_strip, mut size) = (0, 0, (0, 0));
-    while let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_seconds(5)) {
-        let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info).unwrap();
-        frames += 1;
-        size = (info.width(), info.height());
-        let value = strip::decode_luma(frame.plane_data(0).unwrap(), info.stride()[0] as usize, info.width());
-        if value.and_then(|v| strip::latency_ms(v, strip::unix_now_ms())).is_some() {
-            with_strip += 1;
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    (frames, with_strip, size)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

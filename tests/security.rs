@@ -35,7 +35,7 @@ async fn playlist(gateway: &Gateway, path: &str) -> String {
         let response = client().get(gateway.url(path)).send().await.unwrap();
         if response.status() == 200 {
             let text = response.text().await.unwrap();
-            if text.contains(".ts") {
+            if text.contains("#EXTINF") {
                 return text;
             }
         }
@@ -120,6 +120,15 @@ async fn a_viewer_token_gates_every_viewer_route() {
     assert_eq!(fetched.headers()["cache-control"], "private, max-age=60", "no shared cache keeps it");
     let bare = segment.split('?').next().unwrap();
     assert_eq!(status_of(get(&format!("/hls/live/{bare}"))).await, 401);
+    // Low-Latency HLS names its files in tag attributes too: each carries the token.
+    let text = playlist(&gateway, &format!("/hls/live/ll.m3u8?token={VIEWER}")).await;
+    let uris: Vec<&str> = text.split("URI=\"").skip(1).map(|rest| rest.split('"').next().unwrap()).collect();
+    assert!(uris.iter().any(|u| u.starts_with("ll-init-")) && uris.len() > 2, "{text}");
+    for uri in uris {
+        assert!(uri.ends_with(&format!("?token={VIEWER}")), "{uri} in {text}");
+        assert_eq!(status_of(get(&format!("/hls/live/{uri}"))).await, 200, "{uri}");
+        assert_eq!(status_of(get(&format!("/hls/live/{}", uri.split('?').next().unwrap()))).await, 401);
+    }
 
     // WHEP: the bearer token.
     let post = http.post(gateway.url("/whep/live")).header("content-type", "application/sdp").body("v=0");

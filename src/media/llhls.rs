@@ -207,6 +207,10 @@ impl LowLatencyHls {
             let duration =
                 if duration == 0 { state.last_duration.max(1) } else { duration.min(u32::MAX.into()) as u32 };
             state.last_duration = duration;
+            // It came later than its part was left open for: no part may outlast the target.
+            if ticks_to_seconds(state.part_ticks() + u64::from(duration)) > PART_TARGET.as_secs_f64() {
+                closed |= state.close_part();
+            }
             state.part_video.push(Sample {
                 decode_time: previous.decode_time,
                 duration,
@@ -238,7 +242,7 @@ impl LowLatencyHls {
             return; // Nothing to describe the stream with until a keyframe with parameter sets.
         }
         let open = state.segments.back().filter(|s| s.complete.is_none()).map(Segment::duration);
-        let part_seconds = state.part_video.iter().map(|s| s.duration as f64).sum::<f64>() / VIDEO_TIMESCALE as f64;
+        let part_seconds = ticks_to_seconds(state.part_ticks());
         match open {
             None if !frame.keyframe => return, // A segment starts with a keyframe.
             Some(seconds) if frame.keyframe && seconds + part_seconds >= SEGMENT_MIN.as_secs_f64() => {
@@ -247,7 +251,8 @@ impl LowLatencyHls {
             }
             None => state.open_segment(frame.presentation_ns),
             Some(_) => {
-                let next = state.last_duration as f64 / VIDEO_TIMESCALE as f64;
+                // Closed as soon as a next frame as long as the last would not fit.
+                let next = ticks_to_seconds(state.last_duration.into());
                 if part_seconds + next > PART_TARGET.as_secs_f64() {
                     closed |= state.close_part();
                 }
@@ -344,7 +349,15 @@ impl LowLatencyHls {
     }
 }
 
+fn ticks_to_seconds(ticks: u64) -> f64 {
+    ticks as f64 / f64::from(VIDEO_TIMESCALE)
+}
+
 impl State {
+    fn part_ticks(&self) -> u64 {
+        self.part_video.iter().map(|s| u64::from(s.duration)).sum()
+    }
+
     fn segment(&self, msn: u64) -> Option<&Segment> {
         let first = self.segments.front()?.msn;
         self.segments.get(msn.checked_sub(first)? as usize)
@@ -375,9 +388,8 @@ impl State {
         self.fragment_sequence = self.fragment_sequence.wrapping_add(1);
         match fmp4::fragment(self.fragment_sequence, &video, &audio) {
             Ok(bytes) => {
-                let ticks: u64 = video.iter().map(|s| u64::from(s.duration)).sum();
                 segment.parts.push(Part {
-                    duration: ticks as f64 / VIDEO_TIMESCALE as f64,
+                    duration: ticks_to_seconds(video.iter().map(|s| u64::from(s.duration)).sum()),
                     independent: video[0].sync,
                     bytes,
                 });

@@ -1,6 +1,7 @@
 //! A real gateway process on 127.0.0.1 and clients to talk to it.
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
+pub mod decode;
 pub mod peer;
 
 use std::io::{BufRead, BufReader};
