@@ -844,4 +844,6 @@ window.addEventListener('pageshow', (e) => {
   if (e.persisted) { stopped = false; retryCount = 0; run(); } // back/forward cache restore
 });
 
+// A page asked for HLS fetches hls.js while it learns about the stream, not after.
+if (requestedMode === 'hls') loadHlsJs().catch(() => {});
 run();
