@@ -267,11 +267,14 @@ async function run() {
   });
   const listed = fetchJson('/api/streams');
   const wanted = streamName();
+  const pick = (streams) => Array.isArray(streams) && (wanted ? streams.find((s) => s.name === wanted) : streams[0]);
   const hasWebRtc = typeof window.RTCPeerConnection === 'function';
-  // A page that names its stream signals at once; the list only fills the switcher, or ends
-  // the attempt if the stream is not there.
-  if (wanted && hasWebRtc && requestedMode !== 'hls') startWebRtc({ name: wanted }, iceServers);
-  const early = session;
+  // WebRTC starts at once: its offer is made while the list is fetched, and goes as soon as the
+  // stream is known (named by the URL, or the list's first). The list then fills the switcher,
+  // or ends the attempt if the stream is not there.
+  const early = hasWebRtc && requestedMode !== 'hls'
+    ? startWebRtc({ name: wanted }, iceServers, wanted || listed.then((streams) => (pick(streams) || {}).name, () => null))
+    : null;
   let streams;
   try {
     streams = await listed;
@@ -284,7 +287,7 @@ async function run() {
   // The early attempt may already have ended: denied, retrying, or on HLS.
   if (stopped || token !== runSeq || session !== early) return;
 
-  const info = Array.isArray(streams) && (wanted ? streams.find((s) => s.name === wanted) : streams[0]);
+  const info = pick(streams);
   populateSwitcher(Array.isArray(streams) ? streams : [], wanted || (info && info.name));
   lg.stream = info ? info.name : wanted;
   ui.name.textContent = lg.stream || '';
@@ -306,10 +309,7 @@ async function run() {
   }
 
   if (requestedMode === 'hls') startHls(info);
-  else if (requestedMode === 'webrtc') {
-    if (hasWebRtc) startWebRtc(info, iceServers);
-    else { setMode('WebRTC'); setState('WebRTC is not supported by this browser', 'error'); }
-  } else if (hasWebRtc) startWebRtc(info, iceServers);
+  else if (requestedMode === 'webrtc') { setMode('WebRTC'); setState('WebRTC is not supported by this browser', 'error'); }
   else startHls(info, 'no RTCPeerConnection');
 }
 
@@ -319,10 +319,11 @@ async function run() {
  * One WebRTC connection to a stream: a PeerConnection signalled with WHEP, a POST on the page's
  * own HTTP/2 connection (a WebSocket would need a TLS handshake of its own). Reports through
  * `on.track(stream)`, `on.connected()`, `on.denied(message)` and `on.fail(reason)`; `close()`
- * ends it. Its offer asks for the round-trip time only with `rtt`. Knows nothing of sessions or
- * the page.
+ * ends it. `stream` is a name, or a promise of one (nothing is sent without a name), and
+ * `iceServers` a promise. Its offer asks for the round-trip time only with `rtt`. Knows nothing
+ * of sessions or the page.
  */
-function openWebRtc(info, iceServers, rtt, on) {
+function openWebRtc(stream, iceServers, rtt, on) {
   // Made before the ICE servers are known (a promise): the peer and its offer are made while
   // they are fetched, and they are set before gathering starts.
   const pc = new RTCPeerConnection();
@@ -374,8 +375,8 @@ function openWebRtc(info, iceServers, rtt, on) {
 
   (async () => {
     const offer = await pc.createOffer();
-    const servers = await iceServers;
-    if (closed) return;
+    const [name, servers] = await Promise.all([stream, iceServers]);
+    if (closed || !name) return;
     if (servers.length) pc.setConfiguration({ iceServers: servers });
     await pc.setLocalDescription(offer);
     // Sent at once, without candidates: the answer carries the server's, and the server learns
@@ -384,7 +385,7 @@ function openWebRtc(info, iceServers, rtt, on) {
       .filter((line) => rtt || line !== RECEIVER_RTT)
       .filter((line) => !lipSync || !line.includes(PLAYOUT_DELAY))
       .join('\r\n');
-    const res = await fetch(info.whep || `/whep/${encodeURIComponent(info.name)}`, {
+    const res = await fetch(`/whep/${encodeURIComponent(name)}`, {
       method: 'POST', body: sdp, cache: 'no-store', signal: posting.signal,
       headers: { 'Content-Type': 'application/sdp', ...authHeaders() },
     });
@@ -431,7 +432,8 @@ async function framesDecoded(pc) {
   return 0;
 }
 
-function startWebRtc(info, iceServers) {
+/** A WebRTC session; `name` is `info.name`, or a promise of it while the list is fetched. */
+function startWebRtc(info, iceServers, name = info.name) {
   const s = newSession('WebRTC', info);
   setState('connecting');
   resetVideo();
@@ -439,7 +441,7 @@ function startWebRtc(info, iceServers) {
 
   s.iceServers = iceServers;
   try {
-    s.conn = openWebRtc(info, s.iceServers, measureRtt, {
+    s.conn = openWebRtc(name, s.iceServers, measureRtt, {
       track: (stream) => {
         if (!alive(s)) return;
         // Video and sound arrive as two tracks of one stream.
@@ -457,10 +459,11 @@ function startWebRtc(info, iceServers) {
     });
   } catch (e) {
     fail(s, `setup: ${e.message}`);
-    return;
+    return s;
   }
   s.cleanups.push(() => { s.conn.close(); closeStandby(s); resetVideo(); });
   watchForLoss(s);
+  return s;
 }
 
 /**
@@ -499,7 +502,7 @@ function reconnectBehind(s, { upgrade = false } = {}) {
   if (!upgrade) setState('reconnecting (video stalled)', 'reconnecting');
   let stream = null;
   s.upgrading = upgrade;
-  const standby = openWebRtc(s.info, s.iceServers, measureRtt, {
+  const standby = openWebRtc(s.info.name, s.iceServers, measureRtt, {
     track: (st) => { stream = st; },
     connected: () => {},
     denied: denyAccess,
