@@ -240,7 +240,7 @@ function authHeaders() {
 }
 
 async function fetchJson(path) {
-  const res = await fetch(path, { cache: 'no-store', headers: authHeaders() });
+  const res = await (window.livegateStart.fetched(path) || fetch(path, { cache: 'no-store', headers: authHeaders() }));
   if (res.status === 401 || res.status === 403) throw new AccessDenied((await res.text()).trim());
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
   return res.json();
@@ -326,7 +326,7 @@ async function run() {
 function openWebRtc(stream, iceServers, rtt, on) {
   // Made before the ICE servers are known (a promise): the peer and its offer are made while
   // they are fetched, and they are set before gathering starts.
-  const pc = new RTCPeerConnection();
+  const { pc, offer: offered } = window.livegateStart.peer();
   const lipSync = soundWanted;
   const posting = new AbortController();
   let resource = null; // the WHEP session, deleted on close
@@ -345,9 +345,6 @@ function openWebRtc(stream, iceServers, rtt, on) {
     pc.close();
   };
 
-  pc.addTransceiver('video', { direction: 'recvonly' });
-  // Answered inactive when the stream has no sound.
-  pc.addTransceiver('audio', { direction: 'recvonly' });
   const remote = new MediaStream(); // for tracks that come without a stream
   pc.ontrack = (e) => {
     if (closed) return;
@@ -374,7 +371,7 @@ function openWebRtc(stream, iceServers, rtt, on) {
   pc.oniceconnectionstatechange = () => { if (!('connectionState' in pc)) onPcState(); };
 
   (async () => {
-    const offer = await pc.createOffer();
+    const offer = await offered;
     const [name, servers] = await Promise.all([stream, iceServers]);
     if (closed || !name) return;
     if (servers.length) pc.setConfiguration({ iceServers: servers });
