@@ -17,10 +17,6 @@ const LOSS_CHECK_MS = 2000;         // how often a WebRTC session looks for lost
 const LOSS_NACKS = 3;
 const LOSS_RATIO = 0.005;
 const LOSS_WINDOW_MS = 10000;
-const RECEIVER_RTT = 'a=rtcp-xr:rcvr-rtt=all';
-// The gateway asks the browser to show each frame at once; the browser then cannot hold the
-// picture back to wait for the sound. A viewer who listens offers without it (lip sync).
-const PLAYOUT_DELAY = 'http://www.webrtc.org/experiments/rtp-hdrext/playout-delay';
 const BACKOFF_START_MS = 1000;
 const BACKOFF_MAX_MS = 5000;
 const LATENCY_STALE_MS = 2000;
@@ -315,6 +311,12 @@ async function run() {
 
 // ------------------------------------------------------------------ WebRTC
 
+/** Ends a WHEP session. keepalive: the DELETE still goes out when the page is being closed, so
+ * the slot is freed at once rather than when ICE consent runs out. */
+function deleteSession(resource) {
+  fetch(resource, { method: 'DELETE', headers: authHeaders(), keepalive: true }).catch(() => {});
+}
+
 /**
  * One WebRTC connection to a stream: a PeerConnection signalled with WHEP, a POST on the page's
  * own HTTP/2 connection (a WebSocket would need a TLS handshake of its own). Reports through
@@ -325,8 +327,9 @@ async function run() {
  */
 function openWebRtc(stream, iceServers, rtt, on) {
   // Made before the ICE servers are known (a promise): the peer and its offer are made while
-  // they are fetched, and they are set before gathering starts.
-  const { pc, offer: offered } = window.livegateStart.peer();
+  // they are fetched, and they are set before gathering starts. The page's first one comes
+  // from index.html already signalled, maybe connected.
+  const { pc, offer: offered, signalled } = window.livegateStart.peer();
   const lipSync = soundWanted;
   const posting = new AbortController();
   let resource = null; // the WHEP session, deleted on close
@@ -338,16 +341,16 @@ function openWebRtc(stream, iceServers, rtt, on) {
     closed = true;
     clearTimeout(disconnectTimer);
     posting.abort();
-    // keepalive: the DELETE still goes out when the page is being closed, so the slot is freed
-    // at once rather than when ICE consent runs out.
-    if (resource) fetch(resource, { method: 'DELETE', headers: authHeaders(), keepalive: true }).catch(() => {});
+    if (resource) deleteSession(resource);
     pc.ontrack = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
     pc.close();
   };
 
   const remote = new MediaStream(); // for tracks that come without a stream
+  let tracked = false;
   pc.ontrack = (e) => {
     if (closed) return;
+    tracked = true;
     if (e.streams && e.streams[0]) return on.track(e.streams[0]);
     remote.addTrack(e.track);
     on.track(remote);
@@ -371,31 +374,32 @@ function openWebRtc(stream, iceServers, rtt, on) {
   pc.oniceconnectionstatechange = () => { if (!('connectionState' in pc)) onPcState(); };
 
   (async () => {
-    const offer = await offered;
-    const [name, servers] = await Promise.all([stream, iceServers]);
-    if (closed || !name) return;
-    if (servers.length) pc.setConfiguration({ iceServers: servers });
-    await pc.setLocalDescription(offer);
-    // Sent at once, without candidates: the answer carries the server's, and the server learns
-    // the browser's addresses from its connectivity checks (peer-reflexive).
-    const sdp = offer.sdp.split('\r\n')
-      .filter((line) => rtt || line !== RECEIVER_RTT)
-      .filter((line) => !lipSync || !line.includes(PLAYOUT_DELAY))
-      .join('\r\n');
-    const res = await fetch(`/whep/${encodeURIComponent(name)}`, {
-      method: 'POST', body: sdp, cache: 'no-store', signal: posting.signal,
-      headers: { 'Content-Type': 'application/sdp', ...authHeaders() },
-    });
-    const body = await res.text();
-    if (closed) return;
+    let answered = await signalled;
+    if (!answered) {
+      const offer = await offered;
+      const [name, servers] = await Promise.all([stream, iceServers]);
+      if (closed || !name) return;
+      answered = await window.livegateStart.signal(pc, offer, name, servers, { rtt, lipSync, abort: posting.signal });
+    }
+    const { res, body } = answered;
+    if (res.ok && res.headers.has('Location')) resource = new URL(res.headers.get('Location'), location.href).href;
+    if (closed) {
+      // Closed while the page's first offer was answered: end the session it made.
+      if (resource) deleteSession(resource);
+      return;
+    }
     if (res.status === 401 || res.status === 403) {
       close();
       on.denied(body.trim() || `${DENIED_PREFIX} (HTTP ${res.status})`);
       return;
     }
     if (!res.ok) throw new Error(`HTTP ${res.status}${body.trim() ? `: ${body.trim()}` : ''}`);
-    if (res.headers.has('Location')) resource = new URL(res.headers.get('Location'), location.href).href;
-    await pc.setRemoteDescription({ type: 'answer', sdp: body });
+    // The page's first peer may have had its tracks and connected before it was taken over.
+    if (!tracked) {
+      for (const t of pc.getTransceivers()) if (t.currentDirection === 'recvonly') remote.addTrack(t.receiver.track);
+      if (remote.getTracks().length) { tracked = true; on.track(remote); }
+    }
+    onPcState();
   })().catch((e) => fail(`signalling: ${e.message}`));
 
   return { pc, close, lipSync };
