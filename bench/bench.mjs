@@ -291,7 +291,7 @@ async function timeToFirstFrame(browser, origin, mode, tries) {
       const r = await page.evaluate(() => {
         const res = performance.getEntriesByType('resource');
         const at = (re) => res.find((e) => re.test(e.name));
-        const ends = { api_streams_loaded: at(/\/api\/streams/), playlist_loaded: at(/\.m3u8/), first_segment_loaded: at(/\.ts(\?|$)/) };
+        const ends = { api_streams_loaded: at(/\/api\/streams/), api_config_loaded: at(/\/api\/config/), whep_answer_loaded: at(/\/whep\//), playlist_loaded: at(/\.m3u8/), first_segment_loaded: at(/\.ts(\?|$)/) };
         const marks = { ...window.__bench.marks };
         for (const [k, e] of Object.entries(ends)) if (e) marks[k] = Math.round(e.responseEnd);
         const nav = performance.getEntriesByType('navigation')[0];

@@ -1,4 +1,4 @@
-// livegate browser player: WebRTC (WebSocket signalling) with HLS fallback,
+// livegate browser player: WebRTC (WHEP signalling) with HLS fallback,
 // self-healing reconnects, and live latency read from the in-frame strip.
 import { cellSize, decodeStrip, latencyFrom } from './strip.js';
 
@@ -18,10 +18,6 @@ const LOSS_CHECK_MS = 2000;         // how often a WebRTC session looks for lost
 const LOSS_NACKS = 3;
 const LOSS_RATIO = 0.005;
 const LOSS_WINDOW_MS = 10000;
-const RECEIVER_RTT = 'a=rtcp-xr:rcvr-rtt=all';
-// The gateway asks the browser to show each frame at once; the browser then cannot hold the
-// picture back to wait for the sound. A viewer who listens offers without it (lip sync).
-const PLAYOUT_DELAY = 'http://www.webrtc.org/experiments/rtp-hdrext/playout-delay';
 const BACKOFF_START_MS = 1000;
 const BACKOFF_MAX_MS = 5000;
 const LATENCY_STALE_MS = 2000;
@@ -236,9 +232,12 @@ function restart(why) {
   run();
 }
 
+function authHeaders() {
+  return accessToken ? { Authorization: `Bearer ${accessToken}` } : {};
+}
+
 async function fetchJson(path) {
-  const headers = accessToken ? { Authorization: `Bearer ${accessToken}` } : {};
-  const res = await fetch(path, { cache: 'no-store', headers });
+  const res = await (window.livegateStart.fetched(path) || fetch(path, { cache: 'no-store', headers: authHeaders() }));
   if (res.status === 401 || res.status === 403) throw new AccessDenied((await res.text()).trim());
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
   return res.json();
@@ -259,23 +258,33 @@ async function run() {
   setState('connecting');
 
   // Only WebRTC needs the ICE servers, but asking alongside the stream list saves a round trip.
-  const iceConfig = fetchJson('/api/config').catch((e) => {
+  const iceServers = fetchJson('/api/config').then((cfg) => (Array.isArray(cfg.iceServers) ? cfg.iceServers : []), (e) => {
     console.info('[livegate] /api/config unavailable, using no ICE servers', e.message);
-    return {};
+    return [];
   });
+  const listed = fetchJson('/api/streams');
+  const wanted = streamName();
+  const pick = (streams) => Array.isArray(streams) && (wanted ? streams.find((s) => s.name === wanted) : streams[0]);
+  const hasWebRtc = typeof window.RTCPeerConnection === 'function';
+  // WebRTC starts at once: its offer is made while the list is fetched, and goes as soon as the
+  // stream is known (named by the URL, or the list's first). The list then fills the switcher,
+  // or ends the attempt if the stream is not there.
+  const early = hasWebRtc && requestedMode !== 'hls'
+    ? startWebRtc({ name: wanted }, iceServers, wanted || listed.then((streams) => (pick(streams) || {}).name, () => null))
+    : null;
   let streams;
   try {
-    streams = await fetchJson('/api/streams');
+    streams = await listed;
   } catch (e) {
     if (token !== runSeq) return;
     if (e instanceof AccessDenied) denyAccess(e.message);
     else scheduleRetry(`stream list: ${e.message}`);
     return;
   }
-  if (stopped || token !== runSeq || session) return;
+  // The early attempt may already have ended: denied, retrying, or on HLS.
+  if (stopped || token !== runSeq || session !== early) return;
 
-  const wanted = streamName();
-  const info = Array.isArray(streams) && (wanted ? streams.find((s) => s.name === wanted) : streams[0]);
+  const info = pick(streams);
   populateSwitcher(Array.isArray(streams) ? streams : [], wanted || (info && info.name));
   lg.stream = info ? info.name : wanted;
   ui.name.textContent = lg.stream || '';
@@ -291,33 +300,40 @@ async function run() {
     scheduleRetry(`stream error: ${info.error || 'unknown'}`);
     return;
   }
+  if (early) {
+    early.info = info;
+    return;
+  }
 
-  const hasWebRtc = typeof window.RTCPeerConnection === 'function';
   if (requestedMode === 'hls') startHls(info);
-  else if (requestedMode === 'webrtc') {
-    if (hasWebRtc) startWebRtc(info, iceConfig);
-    else { setMode('WebRTC'); setState('WebRTC is not supported by this browser', 'error'); }
-  } else if (hasWebRtc) startWebRtc(info, iceConfig);
+  else if (requestedMode === 'webrtc') { setMode('WebRTC'); setState('WebRTC is not supported by this browser', 'error'); }
   else startHls(info, 'no RTCPeerConnection');
 }
 
 // ------------------------------------------------------------------ WebRTC
 
-function wsUrl(info) {
-  const path = info.ws || `/ws/${encodeURIComponent(info.name)}`;
-  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
+/** Ends a WHEP session. keepalive: the DELETE still goes out when the page is being closed, so
+ * the slot is freed at once rather than when ICE consent runs out. */
+function deleteSession(resource) {
+  fetch(resource, { method: 'DELETE', headers: authHeaders(), keepalive: true }).catch(() => {});
 }
 
 /**
- * One WebRTC connection to a stream: a PeerConnection signalled over the WebSocket. Reports
- * through `on.track(stream)`, `on.connected()`, `on.denied(message)` and `on.fail(reason)`;
- * `close()` ends it. Its offer asks for the round-trip time only with `rtt`. Knows nothing of
- * sessions or the page.
+ * One WebRTC connection to a stream: a PeerConnection signalled with WHEP, a POST on the page's
+ * own HTTP/2 connection (a WebSocket would need a TLS handshake of its own). Reports through
+ * `on.track(stream)`, `on.connected()`, `on.denied(message)` and `on.fail(reason)`; `close()`
+ * ends it. `stream` is a name, or a promise of one (nothing is sent without a name), and
+ * `iceServers` a promise. Its offer asks for the round-trip time only with `rtt`. Knows nothing
+ * of sessions or the page.
  */
-function openWebRtc(info, iceServers, rtt, on) {
-  const pc = new RTCPeerConnection({ iceServers });
+function openWebRtc(stream, iceServers, rtt, on) {
+  // Made before the ICE servers are known (a promise): the peer and its offer are made while
+  // they are fetched, and they are set before gathering starts. The page's first one comes
+  // from index.html already signalled, maybe connected.
+  const { pc, offer: offered, signalled } = window.livegateStart.peer();
   const lipSync = soundWanted;
-  const ws = new WebSocket(wsUrl(info));
+  const posting = new AbortController();
+  let resource = null; // the WHEP session, deleted on close
   let closed = false;
   let disconnectTimer = 0;
   const fail = (reason) => { if (!closed) on.fail(reason); };
@@ -325,38 +341,20 @@ function openWebRtc(info, iceServers, rtt, on) {
     if (closed) return;
     closed = true;
     clearTimeout(disconnectTimer);
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-    // Closing a still-connecting socket logs a browser error; close once open instead.
-    if (ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1000, 'bye');
-    else if (ws.readyState === WebSocket.OPEN) ws.close(1000, 'bye');
-    pc.ontrack = pc.onicecandidate = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
+    posting.abort();
+    if (resource) deleteSession(resource);
+    pc.ontrack = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
     pc.close();
   };
 
-  const send = (msg) => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg)); };
-  let offerSent = false;
-  const localCandidates = [];  // gathered before the offer went out
-  const remoteCandidates = []; // received before the answer was applied
-
-  pc.addTransceiver('video', { direction: 'recvonly' });
-  // Answered inactive when the stream has no sound.
-  pc.addTransceiver('audio', { direction: 'recvonly' });
   const remote = new MediaStream(); // for tracks that come without a stream
+  let tracked = false;
   pc.ontrack = (e) => {
     if (closed) return;
+    tracked = true;
     if (e.streams && e.streams[0]) return on.track(e.streams[0]);
     remote.addTrack(e.track);
     on.track(remote);
-  };
-  pc.onicecandidate = (e) => {
-    if (!e.candidate || !e.candidate.candidate) return; // end of gathering
-    const msg = {
-      type: 'candidate',
-      candidate: e.candidate.candidate,
-      sdpMid: e.candidate.sdpMid,
-      sdpMLineIndex: e.candidate.sdpMLineIndex,
-    };
-    if (offerSent) send(msg); else localCandidates.push(msg);
   };
   const onPcState = () => {
     if (closed) return;
@@ -376,52 +374,34 @@ function openWebRtc(info, iceServers, rtt, on) {
   pc.onconnectionstatechange = onPcState;
   pc.oniceconnectionstatechange = () => { if (!('connectionState' in pc)) onPcState(); };
 
-  const addRemoteCandidate = (m) => {
-    pc.addIceCandidate({ candidate: m.candidate, sdpMid: m.sdpMid, sdpMLineIndex: m.sdpMLineIndex })
-      .catch((e) => console.debug('[livegate] addIceCandidate', e.message));
-  };
-  ws.onmessage = async (ev) => {
-    if (closed) return;
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch (_) { console.debug('[livegate] non-JSON signalling message'); return; }
-    if (msg.type === 'answer') {
-      try {
-        await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
-      } catch (e) {
-        fail(`bad answer: ${e.message}`);
-        return;
-      }
-      remoteCandidates.splice(0).forEach(addRemoteCandidate);
-    } else if (msg.type === 'candidate') {
-      if (!msg.candidate) return; // server's end-of-candidates marker
-      if (pc.remoteDescription) addRemoteCandidate(msg); else remoteCandidates.push(msg);
-    } else if (msg.type === 'error') {
-      const message = msg.message || 'error';
-      if (message.startsWith(DENIED_PREFIX)) { closed = true; on.denied(message); } else fail(`server: ${message}`);
-    } else {
-      console.debug('[livegate] ignoring signalling message', msg.type);
-    }
-  };
-  ws.onerror = () => fail('signalling error');
-  ws.onclose = (ev) => fail(`signalling closed${ev.code ? ` (${ev.code})` : ''}`);
-
   (async () => {
-    // Create the offer while the socket connects; it carries no candidates, they are trickled.
-    const opened = new Promise((resolve) => { ws.onopen = resolve; });
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    await opened;
-    if (closed) return;
-    // The token goes in the first message rather than the URL, which proxies may log.
-    if (accessToken) send({ type: 'auth', token: accessToken });
-    const sdp = offer.sdp.split('\r\n')
-      .filter((line) => rtt || line !== RECEIVER_RTT)
-      .filter((line) => !lipSync || !line.includes(PLAYOUT_DELAY))
-      .join('\r\n');
-    send({ type: 'offer', sdp });
-    offerSent = true;
-    localCandidates.splice(0).forEach(send);
-  })().catch((e) => fail(`offer: ${e.message}`));
+    let answered = await signalled;
+    if (!answered) {
+      const offer = await offered;
+      const [name, servers] = await Promise.all([stream, iceServers]);
+      if (closed || !name) return;
+      answered = await window.livegateStart.signal(pc, offer, name, servers, { rtt, lipSync, abort: posting.signal });
+    }
+    const { res, body } = answered;
+    if (res.ok && res.headers.has('Location')) resource = new URL(res.headers.get('Location'), location.href).href;
+    if (closed) {
+      // Closed while the page's first offer was answered: end the session it made.
+      if (resource) deleteSession(resource);
+      return;
+    }
+    if (res.status === 401 || res.status === 403) {
+      close();
+      on.denied(body.trim() || `${DENIED_PREFIX} (HTTP ${res.status})`);
+      return;
+    }
+    if (!res.ok) throw new Error(`HTTP ${res.status}${body.trim() ? `: ${body.trim()}` : ''}`);
+    // The page's first peer may have had its tracks and connected before it was taken over.
+    if (!tracked) {
+      for (const t of pc.getTransceivers()) if (t.currentDirection === 'recvonly') remote.addTrack(t.receiver.track);
+      if (remote.getTracks().length) { tracked = true; on.track(remote); }
+    }
+    onPcState();
+  })().catch((e) => fail(`signalling: ${e.message}`));
 
   return { pc, close, lipSync };
 }
@@ -454,17 +434,16 @@ async function framesDecoded(pc) {
   return 0;
 }
 
-async function startWebRtc(info, iceConfig) {
+/** A WebRTC session; `name` is `info.name`, or a promise of it while the list is fetched. */
+function startWebRtc(info, iceServers, name = info.name) {
   const s = newSession('WebRTC', info);
   setState('connecting');
   resetVideo();
   startWatchdog(s, WEBRTC_FIRST_FRAME_MS);
 
-  const cfg = await iceConfig;
-  s.iceServers = Array.isArray(cfg.iceServers) ? cfg.iceServers : [];
-  if (!alive(s)) return;
+  s.iceServers = iceServers;
   try {
-    s.conn = openWebRtc(info, s.iceServers, measureRtt, {
+    s.conn = openWebRtc(name, s.iceServers, measureRtt, {
       track: (stream) => {
         if (!alive(s)) return;
         // Video and sound arrive as two tracks of one stream.
@@ -482,10 +461,11 @@ async function startWebRtc(info, iceConfig) {
     });
   } catch (e) {
     fail(s, `setup: ${e.message}`);
-    return;
+    return s;
   }
   s.cleanups.push(() => { s.conn.close(); closeStandby(s); resetVideo(); });
   watchForLoss(s);
+  return s;
 }
 
 /**
@@ -524,7 +504,7 @@ function reconnectBehind(s, { upgrade = false } = {}) {
   if (!upgrade) setState('reconnecting (video stalled)', 'reconnecting');
   let stream = null;
   s.upgrading = upgrade;
-  const standby = openWebRtc(s.info, s.iceServers || [], measureRtt, {
+  const standby = openWebRtc(s.info.name, s.iceServers, measureRtt, {
     track: (st) => { stream = st; },
     connected: () => {},
     denied: denyAccess,
@@ -834,7 +814,7 @@ setInterval(() => {
 // -------------------------------------------------------------- lifecycle
 
 window.addEventListener('pagehide', () => {
-  // Close the PeerConnection and WebSocket so the server frees the viewer slot.
+  // Close the PeerConnection and delete its WHEP session so the server frees the viewer slot.
   stopped = true;
   clearTimeout(retryTimer);
   clearTimeout(webrtcRetryTimer);

@@ -7,17 +7,41 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use base64::prelude::{Engine, BASE64_STANDARD};
 use sha2::{Digest, Sha256};
 
 use super::error::text;
 use super::AppState;
 use crate::auth::Access;
 
-/// The page runs only its own scripts and styles; media comes from the gateway, or from blobs
-/// hls.js makes (Media Source Extensions, its worker).
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
-     object-src 'none'; base-uri 'none'; form-action 'none'";
+/// The page runs only its own scripts (its files, and its own inline scripts by their hash) and
+/// styles; media comes from the gateway, or from blobs hls.js makes (Media Source Extensions,
+/// its worker).
+fn content_security_policy(page: &[u8]) -> String {
+    let inline: String = inline_scripts(page)
+        .map(|script| format!(" 'sha256-{}'", BASE64_STANDARD.encode(Sha256::digest(script))))
+        .collect();
+    format!(
+        "default-src 'self'; script-src 'self'{inline}; style-src 'self'; img-src 'self' data:; \
+         media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; \
+         base-uri 'none'; form-action 'none'"
+    )
+}
+
+/// The text of each inline script of a page: written `<script>`, with no attributes.
+fn inline_scripts(page: &[u8]) -> impl Iterator<Item = &[u8]> {
+    const OPEN: &[u8] = b"<script>";
+    const CLOSE: &[u8] = b"</script>";
+    let find = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+    let mut rest = page;
+    std::iter::from_fn(move || {
+        let start = find(rest, OPEN)? + OPEN.len();
+        let len = find(&rest[start..], CLOSE)?;
+        let script = &rest[start..start + len];
+        rest = &rest[start + len..];
+        Some(script)
+    })
+}
 /// The page needs a credential; its scripts and styles are the same for everyone.
 const PAGE: &str = "index.html";
 
@@ -58,6 +82,7 @@ pub async fn serve(
     let mime = mime_guess::from_path(&relative).first_or_octet_stream();
     let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
     let fresh = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str());
+    let policy = (mime == mime_guess::mime::TEXT_HTML).then(|| content_security_policy(&body));
     let mut response = if fresh && denied.is_none() {
         (StatusCode::NOT_MODIFIED, cache).into_response()
     } else {
@@ -70,8 +95,7 @@ pub async fn serve(
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
         }
     }
-    if mime == mime_guess::mime::TEXT_HTML {
-        let policy = header::HeaderValue::from_static(CONTENT_SECURITY_POLICY);
+    if let Some(policy) = policy.and_then(|p| header::HeaderValue::from_str(&p).ok()) {
         response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);
     }
     response
@@ -81,4 +105,31 @@ pub async fn serve(
 pub fn safe_relative(path: &str) -> Option<PathBuf> {
     let path = Path::new(path);
     path.components().all(|c| matches!(c, Component::Normal(_))).then(|| path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_allows_the_pages_inline_scripts_by_hash_and_nothing_else() {
+        let page =
+            b"<head><script>let a = 1;</script><script src=\"/p.js\"></script>\n<script>\n  b();\n</script></head>";
+        let scripts: Vec<&[u8]> = inline_scripts(page).collect();
+        assert_eq!(scripts, vec![&b"let a = 1;"[..], &b"\n  b();\n"[..]]);
+        let policy = content_security_policy(page);
+        // printf 'let a = 1;' | openssl dgst -sha256 -binary | base64
+        assert!(
+            policy.contains("script-src 'self' 'sha256-xY6QKfH9PRsQnLz56nj6MBwiK5oHg+im1Jkpdp1x/Ck=' 'sha256-"),
+            "{policy}"
+        );
+        assert!(content_security_policy(b"<p>no scripts</p>").contains("script-src 'self';"));
+    }
+
+    #[test]
+    fn the_built_in_page_is_allowed_its_inline_script() {
+        let page = Embedded::get(PAGE).expect("index.html is built in").data;
+        assert_eq!(inline_scripts(&page).count(), 1, "the page has one inline script (the start of the player)");
+        assert!(content_security_policy(&page).contains("'sha256-"));
+    }
 }

@@ -143,12 +143,12 @@ describe('a gateway whose WebRTC media cannot be reached', () => {
     const { context, report } = await newContext(browser, gw.origin);
     try {
       const page = await context.newPage();
-      const sockets = [];
-      page.on('websocket', (ws) => sockets.push(ws.url()));
+      const offers = [];
+      page.on('request', (r) => { if (r.method() === 'POST') offers.push(r.url()); });
       const t0 = Date.now();
       await page.goto(`${gw.origin}/`);
       const tookMs = await waitPlaying(page, 'HLS', t0 + 8000, t0);
-      assert.ok(sockets.some((u) => u.includes('/ws/live')), 'WebRTC was tried first');
+      assert.ok(offers.some((u) => u.includes('/whep/live')), 'WebRTC was tried first');
       await assertAdvancing(page, { ms: 1500 });
       await assertLatency(page, { maxMs: 10000, ms: 1500 });
       await screenshot(page, '3b-fallback-webrtc-unreachable');
