@@ -130,6 +130,16 @@ export function fanoutTable(steps) {
     'Chromium latency p50 / p95 / max', 'Chromium frames shown/sent', 'busy cores: load_viewers / Chromium / everything else / whole machine'], rows);
 }
 
+/** Where the WebRTC latency scenario's glass-to-glass time goes (bench/lib/hops.mjs). */
+export function hopTable(h) {
+  const rows = h.hops.map((x) => [x.name, fmt(x.ms.p50, ' ms'), fmt(x.ms.p95, ' ms'), fmt(x.ms.mean, ' ms')]);
+  rows.push(['**glass-to-glass** (capture → shown)', fmt(h.total.p50, ' ms'), fmt(h.total.p95, ' ms'), fmt(h.total.mean, ' ms')]);
+  return `Where WebRTC glass-to-glass goes, per frame (${h.frames} frames of the WebRTC latency scenario; the gateway's `
+    + '`LIVEGATE_HOP_TRACE` log joined with what Chromium showed; capture times are whole ms from the strip, so the first hop '
+    + 'carries up to 1 ms of rounding; percentiles are per hop and do not add up):\n\n'
+    + table(['hop', 'p50', 'p95', 'mean'], rows);
+}
+
 function ttffTable(t) {
   const rows = ['webrtc', 'hls'].map((m) => {
     const x = t[m];
@@ -155,6 +165,7 @@ export function writeReport(r, { docsPath, jsonPath }) {
   const s = r.scenarios;
   const parts = [];
   parts.push(summaryTable(r));
+  if (s.webrtc && s.webrtc.hops) parts.push(hopTable(s.webrtc.hops));
   if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}${r.settings.pinned ? '; the light viewers pinned to CPU 1 with taskset' : ''}):\n\n${fanoutTable(s.fanout)}`);
   const cs = (x) => (x ? `jitter buffer ${fmt(x.jitterBufferMs)} ms/frame (target ${fmt(x.jitterBufferTargetMs)}, minimum ${fmt(x.jitterBufferMinimumMs)}), `
     + `first→last packet of a frame ${fmt(x.firstToLastPacketMs)} ms, receive→decoded ${fmt(x.receiveToDecodedMs)} ms (decode ${fmt(x.decodeMs)} ms, ${x.decoder || '?'}), `

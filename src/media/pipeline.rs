@@ -243,6 +243,9 @@ impl StreamPipeline {
         link(&[&tee, &hls_queue, &hls])?;
         link(&[&tee, &rtp_queue, &pay, &rtp_sink])?;
         link(&[&tee, &parts_queue, &parts_sink])?;
+        if crate::hops::enabled() {
+            trace_hops(encoder.as_ref().map(|(encoder, _)| encoder), &pay, video, base_time);
+        }
 
         let audio_in = if settings.plan.audio {
             Some(add_audio(stream, &pipeline, &hls, base_time, on_audio, low_latency)?)
@@ -367,6 +370,45 @@ fn packet_sink(name: &str, on_packet: impl Fn(Bytes) + Send + Sync + 'static) ->
 /// 2^32: a payloader given this offset stamps running time `t` as wall time `at + t`.
 fn wall_clock_rtp_time(at: gst::ClockTime, rate: u64) -> u32 {
     (u128::from(at.nseconds()) * u128::from(rate) / 1_000_000_000) as u32
+}
+
+/// `LIVEGATE_HOP_TRACE` (`crate::hops`): stamps each frame into the encoder (with the capture
+/// time of its strip), out of it, and into the payloader, by the RTP time the payloader gives it.
+fn trace_hops(encoder: Option<&gst::Element>, pay: &gst::Element, video: &VideoSettings, base_time: gst::ClockTime) {
+    use crate::hops::{self, Hop};
+    use gst_video::VideoFrameExt;
+    let rtp_offset = wall_clock_rtp_time(base_time, VIDEO_CLOCK_RATE);
+    let on_frames = move |pad: gst::Pad, on_frame: Box<dyn Fn(u32, &gst::BufferRef) + Send + Sync>| {
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, probe| {
+            let segment = pad.sticky_event::<gst::event::Segment>(0);
+            let running = segment.as_ref().and_then(|event| event.segment().downcast_ref::<gst::ClockTime>());
+            if let (Some(buffer), Some(segment)) = (probe.buffer(), running) {
+                if let Some(running) = segment.to_running_time(buffer.pts()) {
+                    on_frame(rtp_offset.wrapping_add(wall_clock_rtp_time(running, VIDEO_CLOCK_RATE)), buffer);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    };
+    if let Some(encoder) = encoder {
+        let info = gst_video::VideoInfo::from_caps(&raw_caps(video)).expect("raw caps describe video");
+        on_frames(
+            encoder.static_pad("sink").expect("encoders have a sink pad"),
+            Box::new(move |rtp_time, buffer| {
+                let Ok(frame) = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info) else { return };
+                let Ok(luma) = frame.plane_data(0) else { return };
+                let now_ms = strip::unix_now_ms();
+                let strip = strip::decode_luma(luma, frame.plane_stride()[0] as usize, info.width());
+                if let Some(latency) = strip.and_then(|value| strip::latency_ms(value, now_ms)) {
+                    hops::captured(rtp_time, now_ms - latency);
+                }
+            }),
+        );
+        let out = encoder.static_pad("src").expect("encoders have a src pad");
+        on_frames(out, Box::new(|rtp_time, _| hops::stamp(rtp_time, Hop::EncoderOut)));
+    }
+    let into_payloader = pay.static_pad("sink").expect("payloaders have a sink pad");
+    on_frames(into_payloader, Box::new(|rtp_time, _| hops::stamp(rtp_time, Hop::PayloaderIn)));
 }
 
 /// The sound: the source's (from the returned appsrc) mixed over live silence, so there is
