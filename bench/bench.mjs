@@ -126,7 +126,7 @@ async function readProbe(page, lastT) {
       frames: p.frames,
       decoded: p.decoded,
       now: performance.now(),
-      samples: p.samples.filter((s) => s.t > t).map((s) => ({ t: s.t, latency: s.latency, value: s.value })),
+      samples: p.samples.filter((s) => s.t > t).map(({ t, latency, value, received, decoded, presented }) => ({ t, latency, value, received, decoded, presented })),
     };
   }, lastT);
 }

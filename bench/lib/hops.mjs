@@ -1,6 +1,7 @@
 // Where a frame's glass-to-glass time goes, hop by hop: the gateway's per-frame log
 // (LIVEGATE_HOP_TRACE=1, src/hops.rs: ms after the capture time of the frame's strip at each hop)
-// joined by capture time with the moment Chromium showed the same frame (tests/e2e/lib/probe.js).
+// joined by capture time with what Chromium said of the same frame (tests/e2e/lib/probe.js, from
+// requestVideoFrameCallback's metadata): received, decoded, taken by the compositor, shown.
 import { summary } from './stats.mjs';
 
 const MOD = 2 ** 40;
@@ -14,7 +15,10 @@ export const HOPS = [
   ['appsink → viewer task (broadcast)', 'fan_out'],
   ['viewer task → written to webrtc-rs', 'written'],
   ['webrtc-rs driver → socket (SRTP, send)', 'socket'],
-  ['socket → shown in Chromium (receive, jitter buffer, decode, render, vsync)', 'shown'],
+  ['socket → received by Chromium (last packet; rVFC receiveTime)', 'received'],
+  ['received → decoded (jitter buffer, decode; rVFC processingDuration)', 'decoded'],
+  ['decoded → taken by the compositor (rVFC presentationTime)', 'presented'],
+  ['compositor → shown (rVFC expectedDisplayTime: the display\'s vsync)', 'shown'],
 ];
 
 /** The gateway's hop records (parsed log lines). */
@@ -24,20 +28,20 @@ export function hopRecords(logLines) {
 
 /**
  * Per hop, the summary of its time over the frames both seen leaving the gateway and shown:
- * `records` from hopRecords(), `shown` the probe's samples ({value, latency}).
+ * `records` from hopRecords(), `shown` the probe's samples ({value, latency, received, decoded, presented}).
  */
 export function hopBreakdown(records, shown) {
-  const shownAfter = new Map(shown.filter((s) => s.latency !== null).map((s) => [s.value, s.latency]));
+  const shownAt = new Map(shown.filter((s) => s.latency !== null).map((s) => [s.value, s]));
   const frames = [];
   for (const r of records) {
-    const latency = shownAfter.get(r.captured_ms % MOD);
-    if (latency !== undefined) frames.push({ ...r, shown: latency });
+    const seen = shownAt.get(r.captured_ms % MOD);
+    if (seen) frames.push({ ...r, received: seen.received, decoded: seen.decoded, presented: seen.presented, shown: seen.latency });
   }
   let from = () => 0;
   const hops = HOPS.map(([name, field]) => {
     const start = from;
-    from = (f) => f[field];
-    return { name, ms: summary(frames.map((f) => (f[field] ?? NaN) - start(f)).map((x) => Math.round(x * 100) / 100)) };
+    from = (f) => f[field] ?? NaN;
+    return { name, ms: summary(frames.map((f) => from(f) - start(f)).map((x) => Math.round(x * 100) / 100)) };
   });
   return { frames: frames.length, hops, total: summary(frames.map((f) => f.shown)) };
 }
