@@ -33,9 +33,15 @@ export function hopRecords(logLines) {
 export function hopBreakdown(records, shown) {
   const shownAt = new Map(shown.filter((s) => s.latency !== null).map((s) => [s.value, s]));
   const frames = [];
+  // The probe reads the strip from what the video element holds when its callback runs, which
+  // may already be a newer frame than the one the metadata describes: such a frame seems to
+  // arrive before it left the gateway. Counted, and left out.
+  let mismatched = 0;
   for (const r of records) {
     const seen = shownAt.get(r.captured_ms % MOD);
-    if (seen) frames.push({ ...r, received: seen.received, decoded: seen.decoded, presented: seen.presented, shown: seen.latency });
+    if (!seen) continue;
+    if (seen.received !== null && seen.received < r.socket) mismatched++;
+    else frames.push({ ...r, received: seen.received, decoded: seen.decoded, presented: seen.presented, shown: seen.latency });
   }
   let from = () => 0;
   const hops = HOPS.map(([name, field]) => {
@@ -43,5 +49,5 @@ export function hopBreakdown(records, shown) {
     from = (f) => f[field] ?? NaN;
     return { name, ms: summary(frames.map((f) => from(f) - start(f)).map((x) => Math.round(x * 100) / 100)) };
   });
-  return { frames: frames.length, hops, total: summary(frames.map((f) => f.shown)) };
+  return { frames: frames.length, mismatched, hops, total: summary(frames.map((f) => f.shown)) };
 }

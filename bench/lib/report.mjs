@@ -135,8 +135,9 @@ export function hopTable(h) {
   const rows = h.hops.map((x) => [x.name, fmt(x.ms.p50, ' ms'), fmt(x.ms.p95, ' ms'), fmt(x.ms.mean, ' ms')]);
   rows.push(['**glass-to-glass** (capture → shown)', fmt(h.total.p50, ' ms'), fmt(h.total.p95, ' ms'), fmt(h.total.mean, ' ms')]);
   return `Where WebRTC glass-to-glass goes, per frame (${h.frames} frames of the WebRTC latency scenario; the gateway's `
-    + '`LIVEGATE_HOP_TRACE` log joined with what Chromium showed; capture times are whole ms from the strip, so the first hop '
-    + 'carries up to 1 ms of rounding; percentiles are per hop and do not add up):\n\n'
+    + '`LIVEGATE_HOP_TRACE` log joined with what Chromium said of the frame it showed; capture times are whole ms from the strip, '
+    + 'so the first hop carries up to 1 ms of rounding; percentiles are per hop and do not add up; '
+    + `${h.mismatched} more frames left out, whose strip was read from a newer frame than the one presented):\n\n`
     + table(['hop', 'p50', 'p95', 'mean'], rows);
 }
 
