@@ -223,7 +223,6 @@ impl StreamPipeline {
         // packet with the marker bit set, which browsers fail to decode and answer with a PLI.
         hls.set_property("send-keyframe-requests", false);
 
-        let rtp_queue = queue("rtp-queue")?;
         let pay = make("rtph264pay", "pay")?;
         pay.set_property("config-interval", -1i32);
         pay.set_property("pt", RTP_PAYLOAD_TYPE);
@@ -236,12 +235,15 @@ impl StreamPipeline {
         let parts_sink = low_latency_video_sink(base_time, low_latency.clone());
 
         pipeline
-            .add_many([&parse, &tee, &hls_queue, &hls, &rtp_queue, &pay, &rtp_sink, &parts_queue, &parts_sink])
+            .add_many([&parse, &tee, &hls_queue, &hls, &pay, &rtp_sink, &parts_queue, &parts_sink])
             .map_err(link_error)?;
         let last = encoder.as_ref().map_or(video_in.upcast_ref(), |(_, caps)| caps);
         link(&[last, &parse, &tee])?;
         link(&[&tee, &hls_queue, &hls])?;
-        link(&[&tee, &rtp_queue, &pay, &rtp_sink])?;
+        // No queue before the payloader: it and the appsink never block (the appsink drops its
+        // oldest), so packets leave on the encoder's own thread, without waiting for another to
+        // wake (0.15 ms median, 2-5 ms p95 on a busy machine, measured with LIVEGATE_HOP_TRACE).
+        link(&[&tee, &pay, &rtp_sink])?;
         link(&[&tee, &parts_queue, &parts_sink])?;
         if crate::hops::enabled() {
             trace_hops(encoder.as_ref().map(|(encoder, _)| encoder), &pay, video, base_time);
@@ -356,14 +358,16 @@ pub(super) fn live_appsrc(
     src
 }
 
-/// An appsink handing each RTP packet over as bytes.
+/// An appsink handing each RTP packet over as bytes. It never waits for the pipeline to
+/// preroll: with no queue in front, that wait would hold the tee, and HLS could never preroll.
 fn packet_sink(name: &str, on_packet: impl Fn(Bytes) + Send + Sync + 'static) -> gst::Element {
-    appsink(name, RTP_SINK_BUFFERS, move |buffer| {
+    let sink = appsink(name, RTP_SINK_BUFFERS, move |buffer| {
         if let Ok(map) = buffer.map_readable() {
             on_packet(Bytes::copy_from_slice(&map));
         }
-    })
-    .upcast()
+    });
+    sink.set_property("async", false);
+    sink.upcast()
 }
 
 /// The RTP timestamp of wall-clock time `at` (nanoseconds since the epoch) at `rate`, modulo
