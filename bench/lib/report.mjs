@@ -223,7 +223,8 @@ hand-written section at the end, the next run rewrites it. Raw results of this r
   latency strip ([latency-strip.md](latency-strip.md)) stamped as each frame leaves the source.
 - Gateway: \`target/release/livegate ${(st.gatewayArgs || []).filter((a) => !/^\/tmp\//.test(a)).join(' ')}\`: x264 (\`tune=zerolatency
   speed-preset=superfast\`, 2 Mbit/s, keyframe every 30 frames, no B-frames), HLS segments of 1 s; everything on 127.0.0.1
-  inside \`scripts/netns-run\` (a private network namespace).
+  inside \`scripts/netns-run\` (a private network namespace). \`LIVEGATE_HOP_TRACE=1\`: the gateway logs each video frame's
+  hops (src/hops.rs), which the WebRTC latency scenario joins with Chromium's per-frame metadata (bench/lib/hops.mjs).
 - Viewer: Chromium with the player page (\`/?mode=webrtc\`, \`/?mode=hls\`); latency decoded from every frame it shows by
   \`tests/e2e/lib/probe.js\` (\`requestVideoFrameCallback\`, the strip drawn to a canvas, \`expectedDisplayTime\` on the wall clock).
   Each latency scenario starts ${st.warmupS} s after the page says "playing".
