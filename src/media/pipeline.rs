@@ -241,8 +241,9 @@ impl StreamPipeline {
         link(&[last, &parse, &tee])?;
         link(&[&tee, &hls_queue, &hls])?;
         // No queue before the payloader: it and the appsink never block (the appsink drops its
-        // oldest), so packets leave on the encoder's own thread, without waiting for another to
-        // wake (0.15 ms median, 2-5 ms p95 on a busy machine, measured with LIVEGATE_HOP_TRACE).
+        // oldest), so packets leave on the encoder's own thread instead of waiting for the
+        // queue's to wake (that wait: 0.07 ms median, 1.7 ms p95 on a busy machine, measured
+        // with LIVEGATE_HOP_TRACE).
         link(&[&tee, &pay, &rtp_sink])?;
         link(&[&tee, &parts_queue, &parts_sink])?;
         if crate::hops::enabled() {
