@@ -13,6 +13,7 @@ import { launchBrowser, newContext, pageConsole } from '../tests/e2e/lib/browser
 import { sleep, waitPlaying } from '../tests/e2e/lib/checks.mjs';
 import { withSegmentedLoopback } from '../tests/e2e/lib/network.mjs';
 import { CLK_TCK, CORES, cpuTicks, cpuWindow, descendants, memory, round } from './lib/proc.mjs';
+import { hopBreakdown, hopRecords } from './lib/hops.mjs';
 import { summary } from './lib/stats.mjs';
 import { startStaticServer } from './lib/static-server.mjs';
 import { writeReport } from './lib/report.mjs';
@@ -125,7 +126,7 @@ async function readProbe(page, lastT) {
       frames: p.frames,
       decoded: p.decoded,
       now: performance.now(),
-      samples: p.samples.filter((s) => s.t > t).map((s) => ({ t: s.t, latency: s.latency, value: s.value })),
+      samples: p.samples.filter((s) => s.t > t).map(({ t, latency, value, received, decoded, presented }) => ({ t, latency, value, received, decoded, presented })),
     };
   }, lastT);
 }
@@ -133,8 +134,9 @@ async function readProbe(page, lastT) {
 /**
  * Records what the page shows for `seconds`: every latency sample (polled every 2 s from the
  * probe's ring of 600 frames), frames presented (rVFC), distinct capture times, freezes.
+ * `onSample` gets each sample ({t, value, latency}).
  */
-async function measurePage(page, seconds, onTick) {
+async function measurePage(page, seconds, onSample) {
   const first = await readProbe(page, Infinity);
   const t0 = first.now;
   let lastT = t0;
@@ -145,8 +147,8 @@ async function measurePage(page, seconds, onTick) {
     await sleep(Math.min(2000, Math.max(0, end - Date.now())));
     r = await readProbe(page, lastT);
     for (const s of r.samples) samples.push(s);
+    if (onSample) r.samples.forEach(onSample);
     if (r.samples.length) lastT = r.samples[r.samples.length - 1].t;
-    if (onTick) onTick();
   }
   const dur = (r.now - t0) / 1000;
   const lat = samples.map((s) => s.latency).filter((x) => x !== null);
@@ -223,12 +225,14 @@ async function latencyScenario(browser, gw, mode, seconds) {
     const win = cpuWindow(() => ({ gateway: [gw.proc.pid], chromium: chromiumPids(), harness: [process.pid] }));
     const smp = sampler(gw.proc.pid);
     const st0 = await inboundStats(page);
-    const m = await measurePage(page, seconds);
+    const shown = [];
+    const m = await measurePage(page, seconds, (s) => shown.push(s));
     const st1 = await inboundStats(page);
     const cpu = win.stop();
     const s1 = await streamTotals(gw);
+    const hops = mode === 'webrtc' && hopRecords(gw.logLines).length ? hopBreakdown(hopRecords(gw.logLines), shown) : null;
     return {
-      mode, ...m, ...cpu, gateway: smp.stop(), chromiumStats: statsDelta(st0, st1),
+      mode, ...m, ...cpu, gateway: smp.stop(), chromiumStats: statsDelta(st0, st1), hops,
       packetsSent: s1.packetsSent - s0.packetsSent, packetsDropped: s1.packetsDropped - s0.packetsDropped,
       sessionEnds: sessionEnds(page),
     };
@@ -563,6 +567,8 @@ async function main() {
   }
   const results = { quick: QUICK, settings: { ...SETTINGS, fps: FPS, width: WIDTH, height: HEIGHT, viewerBind: VIEWER_BIND, pinned: PINNED }, env: environment(), scenarios: {}, errors: {} };
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-bench-'));
+  // Each frame's hops through the gateway, logged for the WebRTC latency scenario's breakdown.
+  process.env.LIVEGATE_HOP_TRACE = '1';
   const gw = new Gateway({
     name: 'bench', stateDir, logDir: path.join(OUT, 'logs'), webrtcBind: '127.0.0.1', webrtcPort: 20000 /* below the kernel's ephemeral ports, which the light viewers use */,
     streams: ['live=test'],

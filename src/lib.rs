@@ -16,6 +16,7 @@
 //!   with thin transports; it drives `webrtc` and limits what each client address may do.
 //! - [`relay`]: livegate as a client of other servers: publishing over WHIP, sources over WHEP.
 //! - [`places`]: places counted per key (viewers per stream, pending sessions per address).
+//! - [`hops`]: opt-in timing of each video frame from capture to the socket, for benchmarks.
 //! - [`http`]: the axum router over rustls: who is asking (address, credential), player page,
 //!   `/api`, signalling, HLS files, security headers.
 //!
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod hops;
 pub mod http;
 pub mod media;
 pub mod places;

@@ -130,6 +130,17 @@ export function fanoutTable(steps) {
     'Chromium latency p50 / p95 / max', 'Chromium frames shown/sent', 'busy cores: load_viewers / Chromium / everything else / whole machine'], rows);
 }
 
+/** Where the WebRTC latency scenario's glass-to-glass time goes (bench/lib/hops.mjs). */
+export function hopTable(h) {
+  const rows = h.hops.map((x) => [x.name, fmt(x.ms.p50, ' ms'), fmt(x.ms.p95, ' ms'), fmt(x.ms.mean, ' ms')]);
+  rows.push(['**glass-to-glass** (capture → shown)', fmt(h.total.p50, ' ms'), fmt(h.total.p95, ' ms'), fmt(h.total.mean, ' ms')]);
+  return `Where WebRTC glass-to-glass goes, per frame (${h.frames} frames of the WebRTC latency scenario; the gateway's `
+    + '`LIVEGATE_HOP_TRACE` log joined with what Chromium said of the frame it showed; capture times are whole ms from the strip, '
+    + 'so the first hop carries up to 1 ms of rounding; percentiles are per hop and do not add up; '
+    + `${h.mismatched} more frames left out, whose strip was read from a newer frame than the one presented):\n\n`
+    + table(['hop', 'p50', 'p95', 'mean'], rows);
+}
+
 function ttffTable(t) {
   const rows = ['webrtc', 'hls'].map((m) => {
     const x = t[m];
@@ -155,6 +166,7 @@ export function writeReport(r, { docsPath, jsonPath }) {
   const s = r.scenarios;
   const parts = [];
   parts.push(summaryTable(r));
+  if (s.webrtc && s.webrtc.hops) parts.push(hopTable(s.webrtc.hops));
   if (Array.isArray(s.fanout)) parts.push(`Fan-out (${r.settings.fanoutS} s per step, light viewers bound to ${r.settings.viewerBind}${r.settings.pinned ? '; the light viewers pinned to CPU 1 with taskset' : ''}):\n\n${fanoutTable(s.fanout)}`);
   const cs = (x) => (x ? `jitter buffer ${fmt(x.jitterBufferMs)} ms/frame (target ${fmt(x.jitterBufferTargetMs)}, minimum ${fmt(x.jitterBufferMinimumMs)}), `
     + `first→last packet of a frame ${fmt(x.firstToLastPacketMs)} ms, receive→decoded ${fmt(x.receiveToDecodedMs)} ms (decode ${fmt(x.decodeMs)} ms, ${x.decoder || '?'}), `
@@ -212,7 +224,8 @@ hand-written section at the end, the next run rewrites it. Raw results of this r
 - Gateway: \`target/release/livegate ${(st.gatewayArgs || []).filter((a) => !/^\/tmp\//.test(a)).join(' ')}\`: x264 (\`tune=zerolatency
   speed-preset=superfast\`, 2 Mbit/s, keyframe every 30 frames, no B-frames); HLS: the player reads Low-Latency HLS
   (\`ll.m3u8\`: fMP4 parts of ~200 ms, 1-s segments, blocking reloads, PART-HOLD-BACK 0.66 s); everything on 127.0.0.1
-  inside \`scripts/netns-run\` (a private network namespace).
+  inside \`scripts/netns-run\` (a private network namespace). \`LIVEGATE_HOP_TRACE=1\`: the gateway logs each video frame's
+  hops (src/hops.rs), which the WebRTC latency scenario joins with Chromium's per-frame metadata (bench/lib/hops.mjs).
 - Viewer: Chromium with the player page (\`/?mode=webrtc\`, \`/?mode=hls\`); latency decoded from every frame it shows by
   \`tests/e2e/lib/probe.js\` (\`requestVideoFrameCallback\`, the strip drawn to a canvas, \`expectedDisplayTime\` on the wall clock).
   Each latency scenario starts ${st.warmupS} s after the page says "playing".

@@ -314,6 +314,7 @@ impl MediaStream {
         if let Some(packet) = self.parse_rtp(&mut raw) {
             if packet.header.marker {
                 count(&self.counters.frames_encoded);
+                crate::hops::stamp(packet.header.timestamp, crate::hops::Hop::Appsink);
             }
             // No receivers is not an error: nobody is watching over WebRTC.
             let _ = self.packets.send(packet);

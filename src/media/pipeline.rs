@@ -223,7 +223,6 @@ impl StreamPipeline {
         // packet with the marker bit set, which browsers fail to decode and answer with a PLI.
         hls.set_property("send-keyframe-requests", false);
 
-        let rtp_queue = queue("rtp-queue")?;
         let pay = make("rtph264pay", "pay")?;
         pay.set_property("config-interval", -1i32);
         pay.set_property("pt", RTP_PAYLOAD_TYPE);
@@ -236,13 +235,20 @@ impl StreamPipeline {
         let parts_sink = low_latency_video_sink(base_time, low_latency.clone());
 
         pipeline
-            .add_many([&parse, &tee, &hls_queue, &hls, &rtp_queue, &pay, &rtp_sink, &parts_queue, &parts_sink])
+            .add_many([&parse, &tee, &hls_queue, &hls, &pay, &rtp_sink, &parts_queue, &parts_sink])
             .map_err(link_error)?;
         let last = encoder.as_ref().map_or(video_in.upcast_ref(), |(_, caps)| caps);
         link(&[last, &parse, &tee])?;
         link(&[&tee, &hls_queue, &hls])?;
-        link(&[&tee, &rtp_queue, &pay, &rtp_sink])?;
+        // No queue before the payloader: it and the appsink never block (the appsink drops its
+        // oldest), so packets leave on the encoder's own thread instead of waiting for the
+        // queue's to wake (that wait: 0.07 ms median, 1.7 ms p95 on a busy machine, measured
+        // with LIVEGATE_HOP_TRACE).
+        link(&[&tee, &pay, &rtp_sink])?;
         link(&[&tee, &parts_queue, &parts_sink])?;
+        if crate::hops::enabled() {
+            trace_hops(encoder.as_ref().map(|(encoder, _)| encoder), &pay, video, base_time);
+        }
 
         let audio_in = if settings.plan.audio {
             Some(add_audio(stream, &pipeline, &hls, base_time, on_audio, low_latency)?)
@@ -353,20 +359,61 @@ pub(super) fn live_appsrc(
     src
 }
 
-/// An appsink handing each RTP packet over as bytes.
+/// An appsink handing each RTP packet over as bytes. It never waits for the pipeline to
+/// preroll: with no queue in front, that wait would hold the tee, and HLS could never preroll.
 fn packet_sink(name: &str, on_packet: impl Fn(Bytes) + Send + Sync + 'static) -> gst::Element {
-    appsink(name, RTP_SINK_BUFFERS, move |buffer| {
+    let sink = appsink(name, RTP_SINK_BUFFERS, move |buffer| {
         if let Ok(map) = buffer.map_readable() {
             on_packet(Bytes::copy_from_slice(&map));
         }
-    })
-    .upcast()
+    });
+    sink.set_property("async", false);
+    sink.upcast()
 }
 
 /// The RTP timestamp of wall-clock time `at` (nanoseconds since the epoch) at `rate`, modulo
 /// 2^32: a payloader given this offset stamps running time `t` as wall time `at + t`.
 fn wall_clock_rtp_time(at: gst::ClockTime, rate: u64) -> u32 {
     (u128::from(at.nseconds()) * u128::from(rate) / 1_000_000_000) as u32
+}
+
+/// `LIVEGATE_HOP_TRACE` (`crate::hops`): stamps each frame into the encoder (with the capture
+/// time of its strip), out of it, and into the payloader, by the RTP time the payloader gives it.
+fn trace_hops(encoder: Option<&gst::Element>, pay: &gst::Element, video: &VideoSettings, base_time: gst::ClockTime) {
+    use crate::hops::{self, Hop};
+    use gst_video::VideoFrameExt;
+    let rtp_offset = wall_clock_rtp_time(base_time, VIDEO_CLOCK_RATE);
+    let on_frames = move |pad: gst::Pad, on_frame: Box<dyn Fn(u32, &gst::BufferRef) + Send + Sync>| {
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, probe| {
+            let segment = pad.sticky_event::<gst::event::Segment>(0);
+            let running = segment.as_ref().and_then(|event| event.segment().downcast_ref::<gst::ClockTime>());
+            if let (Some(buffer), Some(segment)) = (probe.buffer(), running) {
+                if let Some(running) = segment.to_running_time(buffer.pts()) {
+                    on_frame(rtp_offset.wrapping_add(wall_clock_rtp_time(running, VIDEO_CLOCK_RATE)), buffer);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    };
+    if let Some(encoder) = encoder {
+        let info = gst_video::VideoInfo::from_caps(&raw_caps(video)).expect("raw caps describe video");
+        on_frames(
+            encoder.static_pad("sink").expect("encoders have a sink pad"),
+            Box::new(move |rtp_time, buffer| {
+                let Ok(frame) = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info) else { return };
+                let Ok(luma) = frame.plane_data(0) else { return };
+                let now_ms = strip::unix_now_ms();
+                let strip = strip::decode_luma(luma, frame.plane_stride()[0] as usize, info.width());
+                if let Some(latency) = strip.and_then(|value| strip::latency_ms(value, now_ms)) {
+                    hops::captured(rtp_time, now_ms - latency);
+                }
+            }),
+        );
+        let out = encoder.static_pad("src").expect("encoders have a src pad");
+        on_frames(out, Box::new(|rtp_time, _| hops::stamp(rtp_time, Hop::EncoderOut)));
+    }
+    let into_payloader = pay.static_pad("sink").expect("payloaders have a sink pad");
+    on_frames(into_payloader, Box::new(|rtp_time, _| hops::stamp(rtp_time, Hop::PayloaderIn)));
 }
 
 /// The sound: the source's (from the returned appsrc) mixed over live silence, so there is

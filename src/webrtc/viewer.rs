@@ -21,6 +21,7 @@ use super::registry::{Place, Registry};
 use super::shared_port::PeerLease;
 use super::stats::{self, Ended, ViewerStats};
 use super::{feedback, rand_u32, Feed, PeerEvent, WebRtcError, CONNECT_TIMEOUT};
+use crate::hops::{self, Hop};
 
 /// The remote candidates of one session: how many it gave, and those of its offer, held back
 /// until the answer is out.
@@ -228,6 +229,10 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        let frame_end = packet.header.marker.then_some(packet.header.timestamp);
+        if let Some(rtp_time) = frame_end {
+            hops::stamp(rtp_time, Hop::FanOut);
+        }
         if viewer.in_flight.spent(budget::BUDGET) {
             if !forwarder.waiting_for_keyframe() {
                 let in_flight = viewer.in_flight.now();
@@ -252,6 +257,9 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
                 let bytes = rtp.header.marshal_size() + rtp.payload.len();
                 if track.write_rtp(rtp).await.is_err() {
                     return;
+                }
+                if let Some(rtp_time) = frame_end {
+                    hops::stamp(rtp_time, Hop::Written);
                 }
                 viewer.stats.sent(bytes);
                 if forwarder.sent == 1 {

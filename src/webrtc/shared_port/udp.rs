@@ -168,6 +168,8 @@ struct RtpHeader {
     /// The end of a frame.
     marker: bool,
     sequence: u16,
+    /// RTP time: which frame it is.
+    timestamp: u32,
     ssrc: u32,
 }
 
@@ -179,6 +181,7 @@ fn rtp_header(datagram: &[u8]) -> Option<RtpHeader> {
     rtp.then(|| RtpHeader {
         marker: header[1] & 0x80 != 0,
         sequence: u16::from_be_bytes([header[2], header[3]]),
+        timestamp: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
         ssrc: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
     })
 }
@@ -275,7 +278,7 @@ impl AsyncUdpSocket for PeerSocket {
             run.newest = rtp.map(|header| header.sequence);
         }
         let gathered = rtp.filter(|_| in_order && max_segments > 1 && transmit.segment_size.is_none());
-        let Some(RtpHeader { marker, .. }) = gathered else {
+        let Some(RtpHeader { marker, timestamp, .. }) = gathered else {
             self.flush(&mut run);
             return Poll::Ready(self.send(
                 transmit.destination,
@@ -290,6 +293,9 @@ impl AsyncUdpSocket for PeerSocket {
         }
         if marker || run.closed() || run.count == max_segments {
             self.flush(&mut run);
+        }
+        if marker {
+            crate::hops::left(timestamp);
         }
         Poll::Ready(Ok(transmit.contents.len()))
     }
@@ -339,12 +345,13 @@ mod tests {
     const VIDEO: u32 = 0x0102_0304;
     const SOUND: u32 = 0x0a0b_0c0d;
 
-    /// An SRTP-like datagram: an RTP header with `sequence`, `marker` and `ssrc`, then `len - 12`
-    /// bytes.
+    /// An SRTP-like datagram: an RTP header with `sequence`, `marker` and `ssrc` (its RTP time
+    /// the sequence number's), then `len - 12` bytes.
     fn rtp_of(ssrc: u32, len: usize, sequence: u16, marker: bool) -> Vec<u8> {
         let mut datagram = vec![0u8; len];
         (datagram[0], datagram[1]) = (0x80, 102 | if marker { 0x80 } else { 0 });
         datagram[2..4].copy_from_slice(&sequence.to_be_bytes());
+        datagram[4..8].copy_from_slice(&u32::from(sequence).to_be_bytes());
         datagram[8..12].copy_from_slice(&ssrc.to_be_bytes());
         datagram
     }
@@ -355,7 +362,8 @@ mod tests {
 
     #[test]
     fn tells_rtp_and_its_marker_from_rtcp_dtls_and_stun() {
-        let header = |marker, sequence| Some(RtpHeader { marker, sequence, ssrc: VIDEO });
+        let header =
+            |marker, sequence: u16| Some(RtpHeader { marker, sequence, timestamp: sequence.into(), ssrc: VIDEO });
         assert_eq!(rtp_header(&rtp(100, 7, false)), header(false, 7));
         assert_eq!(rtp_header(&rtp(100, 8, true)), header(true, 8));
         assert_eq!(rtp_header(&[0x81, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0]), None, "a sender report");

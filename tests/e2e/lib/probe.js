@@ -46,7 +46,7 @@
     frames: 0,          // frames presented (rVFC callbacks, counting coalesced ones)
     longestGap: 0,      // longest time between two presented frames, ms (a test may reset it)
     decoded: 0,         // frames whose strip decoded
-    samples: [],        // ring: {t, w, h, mediaTime, value, latency}
+    samples: [],        // ring: {t, w, h, mediaTime, value, latency, received, decoded, presented}
     comparisons: [],    // each time the page's #latency text changed: {t, displayed, mine, n}
     recentLatencies: [],
     decode,
@@ -92,7 +92,12 @@
         probe.recentLatencies.push(latency);
         if (probe.recentLatencies.length > 15) probe.recentLatencies.shift();
       }
-      probe.samples.push({ t: now, w, h, mediaTime: meta.mediaTime, value, latency });
+      // WebRTC frames also say when their last packet came, how long decoding took and when the
+      // compositor took them: ms after capture, like the latency.
+      const after = (at) => (latency === null || at === undefined ? null : latency - (meta.expectedDisplayTime - at));
+      const received = after(meta.receiveTime);
+      const decoded = received === null || meta.processingDuration === undefined ? null : received + 1000 * meta.processingDuration;
+      probe.samples.push({ t: now, w, h, mediaTime: meta.mediaTime, value, latency, received, decoded, presented: after(meta.presentationTime) });
       if (probe.samples.length > RING) probe.samples.shift();
     };
     const arm = () => {
