@@ -446,8 +446,10 @@ function startWebRtc(info, iceServers, name = info.name) {
     s.conn = openWebRtc(name, s.iceServers, measureRtt, {
       track: (stream) => {
         if (!alive(s)) return;
-        // Video and sound arrive as two tracks of one stream.
-        if (video.srcObject !== stream) { video.srcObject = stream; playVideo(s); }
+        // Video and sound arrive as two tracks of one stream. A stream without sound still
+        // answers the page's audio section with a track of its own: never let it replace the picture.
+        const replaces = !video.srcObject || stream.getVideoTracks().length > 0;
+        if (video.srcObject !== stream && replaces) { video.srcObject = stream; playVideo(s); }
         showSound(stream.getAudioTracks().length > 0);
       },
       connected: () => {
@@ -505,7 +507,7 @@ function reconnectBehind(s, { upgrade = false } = {}) {
   let stream = null;
   s.upgrading = upgrade;
   const standby = openWebRtc(s.info.name, s.iceServers, measureRtt, {
-    track: (st) => { stream = st; },
+    track: (st) => { if (!stream || st.getVideoTracks().length) stream = st; },
     connected: () => {},
     denied: denyAccess,
     fail: (reason) => { console.info(`[livegate] standby connection ended: ${reason}`); closeStandby(s); },

@@ -664,3 +664,26 @@ test('17. an IP camera forwarded untouched: H.264 high from RTSP plays over WebR
     await camera.stop();
   }
 });
+
+test('18. a stream without sound (--audio off) plays over WebRTC and over HLS', async () => {
+  const gw = await gateway({ name: 'silent', extraArgs: ['--audio', 'off'] }).start();
+  const { context, report } = await newContext(browser, gw.origin);
+  try {
+    const page = await context.newPage();
+    for (const [mode, expect, withinMs] of [['webrtc', 'WebRTC', 5000], ['hls', 'HLS', 15000]]) {
+      const t0 = Date.now();
+      await page.goto(`${gw.origin}/?mode=${mode}`);
+      await waitPlaying(page, expect, t0 + withinMs, t0);
+      await assertAdvancing(page, { ms: 1000 });
+      const tracks = await page.evaluate(() => {
+        const src = document.querySelector('video').srcObject;
+        return src ? src.getTracks().map((t) => t.kind) : null;
+      });
+      if (mode === 'webrtc') assert.ok(tracks.includes('video'), `the picture is what plays: ${tracks}`);
+    }
+    assertClean(report, assert, 'silent stream page');
+  } finally {
+    await context.close();
+    await gw.stop();
+  }
+});
