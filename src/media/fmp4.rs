@@ -20,8 +20,6 @@ const NON_SYNC_SAMPLE: u32 = 0x0101_0000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Fmp4Error {
-    #[error("the H.264 keyframe carries no {0} to describe the stream with")]
-    MissingParameterSet(&'static str),
     #[error("bad H.264 parameter sets: {0}")]
     BadParameterSets(String),
     #[error("AAC configuration of {0} bytes (expected at least 2)")]
@@ -37,16 +35,6 @@ pub struct VideoFormat {
     pub height: u16,
     pub sps: Vec<u8>,
     pub pps: Vec<u8>,
-}
-
-impl VideoFormat {
-    /// `avc1.PPCCLL`: profile, constraint flags and level from the SPS (RFC 6381 § 3.3).
-    pub fn codec(&self) -> String {
-        match self.sps.get(1..4) {
-            Some(idc) => format!("avc1.{:02x}{:02x}{:02x}", idc[0], idc[1], idc[2]),
-            None => "avc1".into(),
-        }
-    }
 }
 
 /// AAC, described by its AudioSpecificConfig (ISO/IEC 14496-3 § 1.6.2.1).
@@ -69,11 +57,6 @@ impl AudioFormat {
             frequency_index: ((a & 0x07) << 1) | (b >> 7),
             channel_config: (b >> 3) & 0x0f,
         })
-    }
-
-    /// `mp4a.40.N` (RFC 6381 § 3.3): N is the audio object type, 2 for AAC-LC.
-    pub fn codec(&self) -> String {
-        format!("mp4a.40.{}", self.object_type)
     }
 }
 
@@ -325,13 +308,10 @@ mod tests {
     }
 
     #[test]
-    fn codecs_name_profile_level_and_object_type() {
-        let video = VideoFormat { width: 640, height: 360, sps: SPS.to_vec(), pps: PPS.to_vec() };
-        assert_eq!(video.codec(), "avc1.42c01e");
+    fn aac_configuration_is_read() {
         // AAC-LC, 48 kHz (index 3), stereo.
         let audio = AudioFormat::from_config(&[0x11, 0x90], 48_000, 2).unwrap();
         assert_eq!((audio.object_type, audio.frequency_index, audio.channel_config), (2, 3, 2));
-        assert_eq!(audio.codec(), "mp4a.40.2");
         assert!(matches!(AudioFormat::from_config(&[0x11], 48_000, 2), Err(Fmp4Error::BadAudioConfig(1))));
     }
 

@@ -10,8 +10,6 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write;
-#[cfg(test)]
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -527,6 +525,8 @@ fn rfc3339_ms(unix_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use mp4_atom::{Decode, Moof};
 
