@@ -27,8 +27,8 @@ export function summaryTable(r) {
   const lat = (name, x, target, ok) => rows.push([name, ms(x.p50), ms(x.p95), ms(x.max), `${x.n}`, target, mark(ok)]);
   if (s.webrtc) {
     const w = s.webrtc;
-    lat('WebRTC glass-to-glass', w.latencyMs, 'p50 ≤ 50 ms, p95 ≤ 80 ms',
-      w.latencyMs.p50 === null ? null : le(w.latencyMs.p50, 50) && le(w.latencyMs.p95, 80));
+    lat('WebRTC glass-to-glass', w.latencyMs, 'p50 ≤ 8 ms, p95 ≤ 15 ms',
+      w.latencyMs.p50 === null ? null : le(w.latencyMs.p50, 8) && le(w.latencyMs.p95, 15));
     rows.push(['WebRTC frames shown / sent', `${w.framesShown} / ${w.framesSent} (${pct(w.framesShown, w.framesSent)})`, '', '',
       `${w.framesDecoded} decoded`, '', '']);
   }
@@ -55,7 +55,8 @@ export function summaryTable(r) {
   }
   if (s.ttff) {
     const t = s.ttff;
-    lat('time to first frame, WebRTC', t.webrtc.ms, 'p50 ≤ 400 ms', le(t.webrtc.ms.p50, 400));
+    lat('time to first frame, WebRTC', t.webrtc.ms, 'p50 ≤ 250 ms, p95 ≤ 350 ms',
+      t.webrtc.ms.p50 === null ? null : le(t.webrtc.ms.p50, 250) && le(t.webrtc.ms.p95, 350));
     lat('time to first frame, HLS', t.hls.ms, 'p50 ≤ 500 ms', le(t.hls.ms.p50, 500));
   }
   if (s.encoder) {
