@@ -15,7 +15,7 @@ pub enum Hop {
     EncoderIn,
     /// Out of the encoder, whole.
     EncoderOut,
-    /// Into the payloader, past the tee and the RTP branch's queue.
+    /// Into the payloader, past the tee.
     PayloaderIn,
     /// The frame's last packet in the appsink callback (payloaded), before the broadcast.
     Appsink,

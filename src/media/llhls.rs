@@ -122,15 +122,6 @@ impl Segment {
     }
 }
 
-/// A frame whose duration is known once the next one arrives.
-#[derive(Debug)]
-struct Pending {
-    decode_time: u64,
-    composition_offset: i32,
-    sync: bool,
-    data: Bytes,
-}
-
 #[derive(Debug, Default)]
 struct State {
     target_seconds: u32,
@@ -144,7 +135,8 @@ struct State {
     /// Oldest first; the last one may be open (not complete).
     segments: VecDeque<Segment>,
     next_msn: u64,
-    pending: Option<Pending>,
+    /// The newest frame: its duration is known once the next one arrives.
+    pending: Option<Sample>,
     last_duration: u32,
     part_video: Vec<Sample>,
     part_audio: Vec<Sample>,
@@ -209,13 +201,7 @@ impl LowLatencyHls {
             if ticks_to_seconds(state.part_ticks() + u64::from(duration)) > PART_TARGET.as_secs_f64() {
                 closed |= state.close_part();
             }
-            state.part_video.push(Sample {
-                decode_time: previous.decode_time,
-                duration,
-                composition_offset: previous.composition_offset,
-                sync: previous.sync,
-                data: previous.data,
-            });
+            state.part_video.push(Sample { duration, ..previous });
         }
         let new_format = match (frame.keyframe, unit.sps, unit.pps) {
             (true, Some(sps), Some(pps)) => Some(VideoFormat { width: frame.width, height: frame.height, sps, pps })
@@ -256,8 +242,9 @@ impl LowLatencyHls {
                 }
             }
         }
-        state.pending = Some(Pending {
+        state.pending = Some(Sample {
             decode_time,
+            duration: 0,
             composition_offset: presentation.saturating_sub(decode_time).min(i32::MAX as u64) as i32,
             sync: frame.keyframe,
             data: unit.data.into(),
@@ -430,13 +417,7 @@ impl State {
     /// its segment.
     fn flush(&mut self) -> bool {
         if let Some(last) = self.pending.take() {
-            self.part_video.push(Sample {
-                decode_time: last.decode_time,
-                duration: self.last_duration.max(1),
-                composition_offset: last.composition_offset,
-                sync: last.sync,
-                data: last.data,
-            });
+            self.part_video.push(Sample { duration: self.last_duration.max(1), ..last });
         }
         let closed = self.close_segment();
         self.part_video.clear();
