@@ -12,6 +12,10 @@ const WEBRTC_HEALTHY_MS = 30000;      // a WebRTC session that played this long 
 const WEBRTC_RETRY_MS = 30000;        // then WebRTC is tried again after this, doubling
 const WEBRTC_RETRY_MAX_MS = 300000;
 const DISCONNECT_GRACE_MS = 2000;   // ICE "disconnected" may recover by itself
+// A connection that replaces a healthy one (to measure the round trip, or for lip sync) and shows
+// no video by then is given up and made again: its DTLS handshake can stall on a lossy network.
+const UPGRADE_TIMEOUT_MS = 5000;
+const UPGRADE_RETRY_MS = 1000;
 const LOSS_CHECK_MS = 2000;         // how often a WebRTC session looks for lost packets
 // The network loses packets: within LOSS_WINDOW_MS, at least LOSS_NACKS NACKs and LOSS_RATIO
 // of the packets received (not a stray one, nor a burst at start).
@@ -403,7 +407,7 @@ function openWebRtc(stream, iceServers, rtt, on) {
     onPcState();
   })().catch((e) => fail(`signalling: ${e.message}`));
 
-  return { pc, close, lipSync };
+  return { pc, close, lipSync, rtt };
 }
 
 /** The protocol ('udp' or 'tcp') of the connection's selected candidate pair, or null. */
@@ -506,14 +510,27 @@ function reconnectBehind(s, { upgrade = false } = {}) {
   if (!upgrade) setState('reconnecting (video stalled)', 'reconnecting');
   let stream = null;
   s.upgrading = upgrade;
+  const startedAt = performance.now();
+  // The healthy connection plays on meanwhile; the upgrade is tried again until one works.
+  const giveUp = (reason) => {
+    console.info(`[livegate] standby connection ended: ${reason}`);
+    closeStandby(s);
+    if (upgrade) {
+      setTimeout(() => { if (alive(s) && !s.standby && wantsUpgrade(s.conn)) reconnectBehind(s, { upgrade: true }); }, UPGRADE_RETRY_MS);
+    }
+  };
   const standby = openWebRtc(s.info.name, s.iceServers, measureRtt, {
     track: (st) => { if (!stream || st.getVideoTracks().length) stream = st; },
     connected: () => {},
     denied: denyAccess,
-    fail: (reason) => { console.info(`[livegate] standby connection ended: ${reason}`); closeStandby(s); },
+    fail: giveUp,
   });
   const poll = setInterval(async () => {
     if (!alive(s) || s.standby !== standby) return;
+    if (upgrade && performance.now() - startedAt > UPGRADE_TIMEOUT_MS) {
+      giveUp(`no video within ${UPGRADE_TIMEOUT_MS} ms`);
+      return;
+    }
     if (stream && (await framesDecoded(standby.pc).catch(() => 0)) > 0 && s.standby === standby) {
       console.info('[livegate] switched to the new connection');
       clearInterval(poll);
@@ -531,6 +548,11 @@ function reconnectBehind(s, { upgrade = false } = {}) {
   }, 100);
   s.standby = standby;
   s.standbyPoll = poll;
+}
+
+/** The connection is not the one this page now wants: round-trip measurement or lip sync differ. */
+function wantsUpgrade(conn) {
+  return !!conn && (conn.rtt !== measureRtt || conn.lipSync !== soundWanted);
 }
 
 function closeStandby(s) {
@@ -729,16 +751,35 @@ function onFrame(nowPerf, meta) {
   // rather than fixed at timeOrigin, so it tracks wall-clock adjustments.
   const displayPerf = meta && meta.expectedDisplayTime ? meta.expectedDisplayTime : nowPerf;
   const epochOffset = Date.now() - performance.now();
-  readStrip(w, h, displayPerf + epochOffset);
+  readStrip(w, h, displayPerf + epochOffset, meta && meta.mediaTime);
 }
 
-function readStrip(w, h, shownAtMs) {
+/**
+ * The video may already hold the next frame when the callback runs (WebRTC frames arrive on
+ * another thread): as a VideoFrame, it says which one it is, and a strip read from another frame
+ * than the one presented (`mediaTime`) is not counted.
+ */
+function presentedPicture(mediaTime) {
+  if (mediaTime === undefined || typeof VideoFrame !== 'function') return { source: video, close() {} };
+  const frame = new VideoFrame(video);
+  if (frame.timestamp === Math.round(mediaTime * 1e6)) return { source: frame, close: () => frame.close() };
+  frame.close();
+  return null;
+}
+
+function readStrip(w, h, shownAtMs, mediaTime) {
   const c = cellSize(w);
   if (!ctx || c < 2 || !h) return;
   if (canvas.width !== w || canvas.height !== c) { canvas.width = w; canvas.height = c; }
   let value = null;
   try {
-    ctx.drawImage(video, 0, 0, w, c, 0, 0, w, c); // only the strip rows
+    const picture = presentedPicture(mediaTime);
+    if (!picture) return;
+    try {
+      ctx.drawImage(picture.source, 0, 0, w, c, 0, 0, w, c); // only the strip rows
+    } finally {
+      picture.close();
+    }
     value = decodeStrip(ctx.getImageData(0, 0, w, c), w);
   } catch (e) {
     console.debug('[livegate] strip read', e.message);

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Gateway, ROOT, freePort } from './lib/gateway.mjs';
-import { assertClean, launchBrowser, newContext, readPage, screenshot } from './lib/browser.mjs';
+import { assertClean, launchBrowser, newContext, pageConsole, readPage, screenshot } from './lib/browser.mjs';
 import { assertAdvancing, assertLatency, sleep, waitPlaying, waitViewers } from './lib/checks.mjs';
 import { withSegmentedLoopback } from './lib/network.mjs';
 import { measureAvSync, webDirWithWorklet } from './lib/av-sync.mjs';
@@ -426,10 +426,22 @@ async function playThroughLoss(name, probability, seconds) {
     // Seeing NACKs, the player moves to a connection that is told the round-trip time.
     const lossFrom = Date.now();
     const connections = await page.evaluate(() => window.__pcs.length);
-    await page.waitForFunction((n) => window.livegate.measuresRtt && window.__pcs.length > n
-      && window.livegate.state === 'playing' && window.__pcs[n].connectionState === 'connected'
-      && window.__pcs.slice(0, n).every((pc) => pc.connectionState === 'closed'), connections, { timeout: 20000, polling: 200 });
+    try {
+      // The newest connection plays and every older one is closed (a try whose handshake stalls
+      // on the lossy network is given up and made again).
+      await page.waitForFunction((n) => window.livegate.measuresRtt && window.__pcs.length > n
+        && window.livegate.state === 'playing' && window.__pcs.at(-1).connectionState === 'connected'
+        && window.__pcs.slice(0, -1).every((pc) => pc.connectionState === 'closed'), connections, { timeout: 20000, polling: 200 });
+    } catch (e) {
+      const seen = await page.evaluate(() => ({
+        state: window.livegate.state, measuresRtt: window.livegate.measuresRtt,
+        pcs: window.__pcs.map((pc) => `${pc.connectionState}/${pc.iceConnectionState}`),
+      })).catch((err) => err.message);
+      assert.fail(`no move to a round-trip-measuring connection within 20 s of the loss (${connections} before it); `
+        + `page: ${JSON.stringify(seen)}; console:\n  ${pageConsole(page).slice(-20).join('\n  ')}`);
+    }
     const upgradedMs = Date.now() - lossFrom;
+    const upgradeTries = (await page.evaluate(() => window.__pcs.length)) - connections;
     const before = await inboundVideo(page);
     const since = await page.evaluate(() => { window.__e2e.longestGap = 0; return performance.now(); });
     await sleep(seconds * 1000);
@@ -445,7 +457,7 @@ async function playThroughLoss(name, probability, seconds) {
     const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
     const delta = (k) => after[k] - before[k];
     figures = {
-      loss: probability, upgradedMs, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
+      loss: probability, upgradedMs, upgradeTries, seconds, framesDecoded: delta('framesDecoded'), nacks: delta('nackCount'), plis: delta('pliCount'),
       freezes: delta('freezeCount'), freezeSeconds: Number(delta('totalFreezesDuration').toFixed(3)), packetsLost: delta('packetsLost'),
       longestGapMs, p50: pct(0.5), p95: pct(0.95), rttMs: after.roundTripTime === undefined ? null : after.roundTripTime * 1000,
       nackedByGateway,

@@ -46,6 +46,7 @@
     frames: 0,          // frames presented (rVFC callbacks, counting coalesced ones)
     longestGap: 0,      // longest time between two presented frames, ms (a test may reset it)
     decoded: 0,         // frames whose strip decoded
+    newerDrawn: 0,      // callbacks whose video already held a newer frame than the one presented
     samples: [],        // ring: {t, w, h, mediaTime, value, latency, received, decoded, presented}
     comparisons: [],    // each time the page's #latency text changed: {t, displayed, mine, n}
     recentLatencies: [],
@@ -63,6 +64,14 @@
     let handle = 0;
     let lastPresented = null;
     let lastFrameAt = 0;
+    // Strips read from a frame before its own callback came: media time (µs) → capture time.
+    const early = new Map();
+    // The picture the video holds when the callback runs can already be the next frame (WebRTC
+    // frames arrive on another thread): take it as a VideoFrame, whose timestamp says which
+    // frame it is, and pair each strip with the metadata of the frame it was read from.
+    const grab = () => {
+      try { return new VideoFrame(video); } catch (_) { return null; }
+    };
     const onFrame = (now, meta) => {
       handle = video.requestVideoFrameCallback(onFrame);
       let n = 1;
@@ -78,8 +87,19 @@
       const c = Math.floor(w / CELLS);
       if (c >= 2) {
         if (canvas.width !== w || canvas.height !== c) { canvas.width = w; canvas.height = c; }
-        ctx.drawImage(video, 0, 0, w, c, 0, 0, w, c);
-        value = decode(ctx.getImageData(0, 0, w, c).data, w, w);
+        const frame = grab();
+        const presented = Math.round(meta.mediaTime * 1e6);
+        const drawn = frame ? frame.timestamp : presented;
+        ctx.drawImage(frame || video, 0, 0, w, c, 0, 0, w, c);
+        if (frame) frame.close();
+        const read = decode(ctx.getImageData(0, 0, w, c).data, w, w);
+        if (drawn === presented) value = read;
+        else {
+          probe.newerDrawn++;
+          if (read !== null) early.set(drawn, read);
+          value = early.has(presented) ? early.get(presented) : null;
+        }
+        for (const t of early.keys()) if (t <= presented) early.delete(t);
       }
       let latency = null;
       if (value !== null) {
@@ -103,6 +123,7 @@
     const arm = () => {
       if (handle) video.cancelVideoFrameCallback(handle);
       lastPresented = null;
+      early.clear();
       handle = video.requestVideoFrameCallback(onFrame);
     };
     arm();
