@@ -298,6 +298,9 @@ async function timeToFirstFrame(browser, origin, mode, tries) {
         const ends = { api_streams_loaded: at(/\/api\/streams/), api_config_loaded: at(/\/api\/config/), whep_answer_loaded: at(/\/whep\//), playlist_loaded: at(/\.m3u8/), first_segment_loaded: at(/\.ts(\?|$)/) };
         const marks = { ...window.__bench.marks };
         for (const [k, e] of Object.entries(ends)) if (e) marks[k] = Math.round(e.responseEnd);
+        // When the offer left, and when the server began its answer: the gateway's own share.
+        const whep = at(/\/whep\//);
+        if (whep) Object.assign(marks, { whep_posted: Math.round(whep.startTime), whep_answer_started: Math.round(whep.responseStart) });
         const nav = performance.getEntriesByType('navigation')[0];
         if (nav) marks.document_loaded = Math.round(nav.responseEnd);
         return { first: window.__e2e.samples[0].t, origin: performance.timeOrigin, marks };

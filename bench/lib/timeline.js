@@ -20,6 +20,10 @@
       pc.addEventListener('iceconnectionstatechange', () => mark(`ice_${pc.iceConnectionState}`));
       pc.addEventListener('connectionstatechange', () => mark(`pc_${pc.connectionState}`));
       pc.addEventListener('track', () => mark('pc_track'));
+      const createOffer = pc.createOffer.bind(pc);
+      pc.createOffer = (...a) => createOffer(...a).then((o) => { mark('offer_created'); return o; });
+      const setLocal = pc.setLocalDescription.bind(pc);
+      pc.setLocalDescription = (...a) => setLocal(...a).then((r) => { mark('offer_applied'); return r; });
       const setRemote = pc.setRemoteDescription.bind(pc);
       pc.setRemoteDescription = (d) => {
         mark('answer_received');

@@ -264,7 +264,8 @@ async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
                 viewer.stats.sent(bytes);
                 if forwarder.sent == 1 {
                     let waited_ms = connected.elapsed().as_millis() as u64;
-                    tracing::debug!(viewer = %viewer.id, waited_ms, "first keyframe sent");
+                    // How long joining waited for a keyframe: the last step before the first picture.
+                    tracing::info!(viewer = %viewer.id, waited_ms, "first keyframe sent");
                 }
             }
             Verdict::WaitingForKeyframe => viewer.stats.dropped(1),
