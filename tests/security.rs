@@ -316,6 +316,21 @@ async fn secrets_never_show_in_the_api_logs_errors_or_check_config() {
     assert!(cam["error"].as_str().is_some_and(|e| !e.is_empty()), "{cam}");
     let config = http.get(gateway.url("/api/config")).bearer_auth(VIEWER).send().await.unwrap().text().await.unwrap();
     assert!(config.contains(TURN_PASSWORD), "TURN credentials are meant for browsers: {config}");
+    // The page brings them to a viewer it admits (its first offer need not ask), never to others.
+    let page = |token: Option<&str>| {
+        let request = http.get(gateway.url("/"));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    let admitted = page(Some(VIEWER)).await.unwrap().text().await.unwrap();
+    assert!(admitted.contains(TURN_PASSWORD), "the page carries the ICE servers for a viewer");
+    let refused = page(None).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = refused.text().await.unwrap();
+    assert!(refused.contains(r#"id="livegate-client">null</script>"#) && !refused.contains(TURN_PASSWORD), "{refused}");
     let readyz = http.get(gateway.url("/readyz")).send().await.unwrap().text().await.unwrap();
     let _ = http.get(gateway.url("/api/streams")).bearer_auth(format!("{ADMIN}x")).send().await.unwrap();
 

@@ -261,8 +261,10 @@ async function run() {
   endSession();
   setState('connecting');
 
-  // Only WebRTC needs the ICE servers, but asking alongside the stream list saves a round trip.
-  const iceServers = fetchJson('/api/config').then((cfg) => (Array.isArray(cfg.iceServers) ? cfg.iceServers : []), (e) => {
+  // Only WebRTC needs the ICE servers, but asking alongside the stream list saves a round trip
+  // (when the page did not come with them).
+  const given = window.livegateStart.iceServers;
+  const iceServers = given ? Promise.resolve(given) : fetchJson('/api/config').then((cfg) => (Array.isArray(cfg.iceServers) ? cfg.iceServers : []), (e) => {
     console.info('[livegate] /api/config unavailable, using no ICE servers', e.message);
     return [];
   });

@@ -10,6 +10,7 @@ use axum::Extension;
 use base64::prelude::{Engine, BASE64_STANDARD};
 use sha2::{Digest, Sha256};
 
+use super::api::ClientConfig;
 use super::error::text;
 use super::AppState;
 use crate::auth::Access;
@@ -32,7 +33,6 @@ fn content_security_policy(page: &[u8]) -> String {
 fn inline_scripts(page: &[u8]) -> impl Iterator<Item = &[u8]> {
     const OPEN: &[u8] = b"<script>";
     const CLOSE: &[u8] = b"</script>";
-    let find = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
     let mut rest = page;
     std::iter::from_fn(move || {
         let start = find(rest, OPEN)? + OPEN.len();
@@ -42,8 +42,29 @@ fn inline_scripts(page: &[u8]) -> impl Iterator<Item = &[u8]> {
         Some(script)
     })
 }
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// The page needs a credential; its scripts and styles are the same for everyone.
 const PAGE: &str = "index.html";
+
+/// Where the page takes the player's settings (`/api/config`'s answer) from the server, for a
+/// viewer it admits: its first offer then gathers candidates at once, without waiting for them.
+/// A data block, not a script: the policy does not apply to it.
+const CLIENT_CONFIG_SLOT: &[u8] = b"<script type=\"application/json\" id=\"livegate-client\">null</script>";
+
+/// The page with `config` in its slot (unchanged if it has none). `<` is escaped so that no value
+/// can end the block.
+fn with_client_config(page: Vec<u8>, config: &ClientConfig) -> Vec<u8> {
+    let Some(at) = find(&page, CLIENT_CONFIG_SLOT) else {
+        return page;
+    };
+    let null_at = at + CLIENT_CONFIG_SLOT.len() - b"null</script>".len();
+    let json = serde_json::to_string(config).expect("the client config serialises").replace('<', "\\u003c");
+    [&page[..null_at], json.as_bytes(), &page[null_at + b"null".len()..]].concat()
+}
 
 #[derive(rust_embed::RustEmbed)]
 #[folder = "web/"]
@@ -75,9 +96,13 @@ pub async fn serve(
         }),
         None => Embedded::get(path).map(|file| (file.data.into_owned(), file.metadata.sha256_hash())),
     };
-    let Some((body, hash)) = file else {
+    let Some((mut body, mut hash)) = file else {
         return text(StatusCode::NOT_FOUND, format!("no such page: /{path}"));
     };
+    if path == PAGE && denied.is_none() {
+        body = with_client_config(body, &ClientConfig { ice_servers: &state.config.webrtc.ice_servers });
+        hash = Sha256::digest(&body).into();
+    }
     let etag = format!("\"{}\"", hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
     let mime = mime_guess::from_path(&relative).first_or_octet_stream();
     let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
@@ -124,6 +149,33 @@ mod tests {
             "{policy}"
         );
         assert!(content_security_policy(b"<p>no scripts</p>").contains("script-src 'self';"));
+    }
+
+    #[test]
+    fn the_client_config_fills_the_pages_slot_and_cannot_end_it() {
+        let turn = crate::config::IceServer {
+            urls: vec!["turn:turn.example.org:3478".into()],
+            username: Some("user".into()),
+            credential: Some("pa</script>ss".into()),
+        };
+        let page = [&b"<head>"[..], CLIENT_CONFIG_SLOT, b"<script>x()</script></head>"].concat();
+        let filled = String::from_utf8(with_client_config(page, &ClientConfig { ice_servers: &[turn] })).unwrap();
+        assert_eq!(
+            filled,
+            "<head><script type=\"application/json\" id=\"livegate-client\">{\"iceServers\":[{\"urls\":\
+             [\"turn:turn.example.org:3478\"],\"username\":\"user\",\"credential\":\"pa\\u003c/script>ss\"}]}\
+             </script><script>x()</script></head>"
+        );
+        assert_eq!(
+            with_client_config(b"<p>no slot</p>".to_vec(), &ClientConfig { ice_servers: &[] }),
+            b"<p>no slot</p>"
+        );
+    }
+
+    #[test]
+    fn the_built_in_page_has_the_client_config_slot() {
+        let page = Embedded::get(PAGE).unwrap().data;
+        assert!(find(&page, CLIENT_CONFIG_SLOT).is_some());
     }
 
     #[test]
