@@ -57,6 +57,9 @@ impl webrtc::Feed for MediaStream {
     fn request_keyframe(&self) {
         MediaStream::request_keyframe(self)
     }
+    fn request_keyframe_for_joiner(&self) {
+        MediaStream::request_keyframe_for_joiner(self)
+    }
 }
 
 impl signalling::Feeds for Media {

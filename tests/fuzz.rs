@@ -199,6 +199,7 @@ impl Feed for SilentFeed {
         livegate::webrtc::Carried { h264_profile_level_id: None, audio: true }
     }
     fn request_keyframe(&self) {}
+    fn request_keyframe_for_joiner(&self) {}
 }
 
 struct OneStream;

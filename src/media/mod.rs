@@ -97,7 +97,12 @@ pub struct Status {
 
 /// Packets a slow reader may fall behind by before it starts losing them (~2.5 s at 2 Mbit/s).
 const PACKET_BUFFER: usize = 512;
+/// Keyframes asked for to repair a viewer's picture (PLI, FIR, lag): a lossy viewer's requests
+/// cost every viewer bitrate, so at most one a second.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+/// Keyframes asked for by viewers who join: each waits at most this long for its first picture
+/// (a GOP, 1 s, without one), and a crowd joining adds at most four keyframes a second.
+const JOINING_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a source's first streams may wait for the rest (`no-more-pads`) before the encoding
@@ -198,6 +203,7 @@ pub struct MediaStream {
     /// The name a V4L2 camera reported, to find it again if it comes back as another device.
     camera_name: Mutex<Option<String>>,
     keyframe_limiter: Arc<Mutex<RateLimiter>>,
+    joining_keyframe_limiter: Arc<Mutex<RateLimiter>>,
     /// Where a WHEP source's packets come in, and its keyframe requests go out.
     pub inlet: Arc<inlet::RtpInlet>,
     /// The public HLS playlist, continued across encoders.
@@ -223,6 +229,7 @@ impl MediaStream {
             has_b_frames: AtomicBool::new(false),
             camera_name: Mutex::new(None),
             keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(KEYFRAME_REQUEST_INTERVAL))),
+            joining_keyframe_limiter: Arc::new(Mutex::new(RateLimiter::new(JOINING_KEYFRAME_INTERVAL))),
             inlet: Arc::default(),
             playlist: Mutex::new(hls::Playlist::new(
                 pipeline::HLS_PLAYLIST_LENGTH,
@@ -276,12 +283,21 @@ impl MediaStream {
     /// already forced in it: from our encoder, or from a WHEP origin whose video is forwarded
     /// (one request upstream for all the viewers asking). A camera cannot be asked.
     pub fn request_keyframe(&self) {
+        self.force_keyframe(&self.keyframe_limiter)
+    }
+
+    /// Like [`MediaStream::request_keyframe`], for a viewer who joins, in windows of 250 ms.
+    pub fn request_keyframe_for_joiner(&self) {
+        self.force_keyframe(&self.joining_keyframe_limiter)
+    }
+
+    fn force_keyframe(&self, limiter: &Arc<Mutex<RateLimiter>>) {
         let Some(pipeline) = self.running.lock().expect("pipeline lock").clone() else { return };
         let upstream = pipeline.plan.video != VideoPlan::Encode;
         if upstream && !matches!(self.source, Source::Whep(_)) {
             return;
         }
-        let grant = self.keyframe_limiter.lock().expect("keyframe lock").request(Instant::now());
+        let grant = limiter.lock().expect("keyframe lock").request(Instant::now());
         let force = move |pipeline: &StreamPipeline, inlet: &inlet::RtpInlet, counters: &StreamCounters| {
             count(&counters.keyframes_forced);
             if upstream {
@@ -293,8 +309,7 @@ impl MediaStream {
         match grant {
             Grant::Now => force(&pipeline, &self.inlet, &self.counters),
             Grant::After(wait) => {
-                let (limiter, counters, inlet) =
-                    (self.keyframe_limiter.clone(), self.counters.clone(), self.inlet.clone());
+                let (limiter, counters, inlet) = (limiter.clone(), self.counters.clone(), self.inlet.clone());
                 // Weak: a deferred request must not keep a stopped pipeline (and its camera) alive.
                 let pipeline = Arc::downgrade(&pipeline);
                 tokio::spawn(async move {
@@ -968,5 +983,16 @@ mod tests {
         assert_eq!(limiter.request(at(1500)), Grant::After(Duration::from_millis(500)));
         limiter.deferred_done(at(2000));
         assert_eq!(limiter.request(at(3100)), Grant::Now);
+    }
+
+    #[test]
+    fn a_joiner_waits_at_most_a_quarter_second_for_its_keyframe() {
+        let mut joining = RateLimiter::new(JOINING_KEYFRAME_INTERVAL);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(joining.request(at(0)), Grant::Now);
+        assert_eq!(joining.request(at(100)), Grant::After(Duration::from_millis(150)));
+        joining.deferred_done(at(250));
+        assert_eq!(joining.request(at(600)), Grant::Now);
     }
 }

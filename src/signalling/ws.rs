@@ -258,6 +258,7 @@ mod tests {
             crate::webrtc::Carried::default()
         }
         fn request_keyframe(&self) {}
+        fn request_keyframe_for_joiner(&self) {}
     }
     struct OneFeed;
     impl super::super::Feeds for OneFeed {

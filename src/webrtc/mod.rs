@@ -84,8 +84,11 @@ pub trait Feed: Send + Sync + 'static {
     fn subscribe_audio(&self) -> broadcast::Receiver<rtp::Packet>;
     /// What the stream carries now.
     fn carries(&self) -> Carried;
-    /// Asks for a keyframe soon; the feed rate-limits.
+    /// Asks for a keyframe soon, to repair a viewer's picture; the feed rate-limits.
     fn request_keyframe(&self);
+    /// Asks for a keyframe for a viewer who joins (its first picture waits for it); the feed
+    /// rate-limits, less tightly than repairs.
+    fn request_keyframe_for_joiner(&self);
 }
 
 /// What a stream carries, as negotiation needs it.

@@ -210,7 +210,7 @@ fn is_over(state: RTCPeerConnectionState) -> bool {
 async fn forward_packets(viewer: &Viewer, track: &OwnTrack, feed: &dyn Feed) {
     let (ssrc, track) = (track.ssrc, &track.track);
     let mut packets = feed.subscribe();
-    feed.request_keyframe();
+    feed.request_keyframe_for_joiner();
     let negotiated = negotiated(&viewer.peer, "video/H264").await;
     let payload_type = negotiated.payload_type.unwrap_or(H264_PAYLOAD_TYPE);
     let extension = negotiated.playout_delay_id.map(|id| Extension { id, data: playout_delay_zero() });
