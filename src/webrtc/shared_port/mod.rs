@@ -16,6 +16,9 @@
 //! - any other datagram (a STUN response, DTLS, SRTCP) goes by the address it came from, learnt
 //!   from those requests or from the peer's own checks to an address no other peer has.
 //!
+//! On UDP, the browser's first nominating check is handed to its peer twice (`udp::Nomination`),
+//! so that webrtc-rs answers it without waiting for the browser to ask again.
+//!
 //! A peer holds at most `MAX_REMOTES` addresses (the oldest goes) and `MAX_CONNECTIONS` TCP
 //! connections, so no viewer can grow the routing table or take the process's descriptors.
 
@@ -76,6 +79,7 @@ struct PeerRoutes {
     datagrams: Vec<(IpAddr, mpsc::Sender<udp::Datagram>)>,
     connections: Vec<(IpAddr, mpsc::Sender<tcp::Accepted>)>,
     connection_permits: Arc<Semaphore>,
+    nomination: udp::Nomination,
 }
 
 impl Default for PeerRoutes {
@@ -86,6 +90,7 @@ impl Default for PeerRoutes {
             datagrams: Vec::new(),
             connections: Vec::new(),
             connection_permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            nomination: udp::Nomination::Awaited,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use webrtc::runtime::{AsyncUdpSocket, EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
-use super::{inbox_for, PeerId, SharedPort, SharedPortCounters};
+use super::{inbox_for, stun, PeerId, SharedPort, SharedPortCounters};
 use crate::webrtc::forward::newer;
 
 /// Datagrams waiting for one peer's driver. Viewers send us little (STUN, DTLS, RTCP).
@@ -121,14 +121,52 @@ fn dispatch(port: &SharedPort, datagram: &[u8], from: SocketAddr, to: Option<IpA
     if let Some(peer) = signed {
         routes.claim(from, peer);
     }
+    let nominates = signed.is_some() && stun::BindingRequest::parse(datagram).is_some_and(|r| r.nominates);
     let peer = signed.or_else(|| routes.by_remote.get(&from).copied());
-    let inbox = peer.and_then(|peer| inbox_for(&routes.peers.get(&peer)?.datagrams, to));
-    let Some(inbox) = inbox else {
+    let Some(peer_routes) = peer.and_then(|peer| routes.peers.get_mut(&peer)) else {
         port.counters.unroutable.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    if inbox.try_send(Datagram { data: Bytes::copy_from_slice(datagram), from }).is_err() {
-        port.counters.inbox_full.fetch_add(1, Ordering::Relaxed);
+    let again = peer_routes.nomination.passing(datagram, from, nominates);
+    let Some(inbox) = inbox_for(&peer_routes.datagrams, to) else {
+        port.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    for data in std::iter::once(Bytes::copy_from_slice(datagram)).chain(again) {
+        if inbox.try_send(Datagram { data, from }).is_err() {
+            port.counters.inbox_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// webrtc-rs (0.21), as the controlled agent, does not answer a nominating check on a pair it
+/// has not itself checked yet (RFC 8445 § 7.3.1.5 asks it to): it starts its own check, and the
+/// browser, unanswered, asks again ~50 ms later, which delayed every first picture as much. So a
+/// peer's first nominating request is kept and handed to it once more right after the response
+/// to its own check from that address: the pair is valid by then, and the peer selects it and
+/// answers at once. Had it answered the first, the browser ignores the second answer.
+pub(super) enum Nomination {
+    Awaited,
+    Held { from: SocketAddr, request: Bytes },
+    Replayed,
+}
+
+impl Nomination {
+    /// What to hand the peer again after `datagram`, from `from`.
+    fn passing(&mut self, datagram: &[u8], from: SocketAddr, nominates: bool) -> Option<Bytes> {
+        match self {
+            Nomination::Awaited if nominates => {
+                *self = Nomination::Held { from, request: Bytes::copy_from_slice(datagram) };
+                None
+            }
+            Nomination::Held { from: held, .. } if *held == from && stun::is_binding_success(datagram) => {
+                match std::mem::replace(self, Nomination::Replayed) {
+                    Nomination::Held { request, .. } => Some(request),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -338,7 +376,7 @@ impl AsyncUdpSocket for PeerSocket {
 
 #[cfg(test)]
 mod tests {
-    use super::super::stun::tests::binding_request;
+    use super::super::stun::tests::{binding_request, nominating_request, success_response};
     use super::*;
     use std::time::Duration;
 
@@ -421,6 +459,41 @@ mod tests {
             let received = tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut buf)).await;
             assert_eq!(received.expect(what).unwrap().0, datagram.len(), "{what}");
         }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_first_nomination_is_handed_over_again_after_the_peers_own_check_succeeds() {
+        let shutdown = CancellationToken::new();
+        let port = SharedPort::bind("127.0.0.1:0".parse().unwrap(), None, shutdown.clone()).unwrap();
+        let shared = port.udp.local;
+        let (runtime, lease) = port.peer();
+        let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        lease.register("aaaa", "password a").unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 1500];
+        let mut receive = async || {
+            let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+                .await
+                .expect("delivered")
+                .unwrap();
+            buf[..len].to_vec()
+        };
+        let nomination = nominating_request("aaaa:client", "password a");
+        let (ours, theirs) =
+            (binding_request("client:aaaa", "theirs"), nominating_request("aaaa:client", "password a"));
+        for datagram in [&nomination, &success_response(&ours), &theirs, &success_response(&ours)] {
+            client.send_to(datagram, shared).await.unwrap();
+        }
+        assert_eq!(receive().await, nomination);
+        assert_eq!(receive().await, success_response(&ours));
+        assert_eq!(receive().await, nomination, "again, once the pair is valid");
+        assert_eq!(receive().await, theirs);
+        assert_eq!(receive().await, success_response(&ours), "only the first nomination is handed over twice");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut [0u8; 1500])).await.is_err(),
+            "nothing more"
+        );
         shutdown.cancel();
     }
 
