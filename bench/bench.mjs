@@ -301,6 +301,11 @@ async function timeToFirstFrame(browser, origin, mode, tries) {
         // When the offer left, and when the server began its answer: the gateway's own share.
         const whep = at(/\/whep\//);
         if (whep) Object.assign(marks, { whep_posted: Math.round(whep.startTime), whep_answer_started: Math.round(whep.responseStart) });
+        // hls.js: its script, the init segment and the first part, asked for and received.
+        for (const [name, re] of [['hlsjs', /hls\.min\.js/], ['init', /ll-init-/], ['first_part', /ll-\d+\.\d+\.m4s/]]) {
+          const e = at(re);
+          if (e) Object.assign(marks, { [`${name}_requested`]: Math.round(e.startTime), [`${name}_loaded`]: Math.round(e.responseEnd) });
+        }
         const nav = performance.getEntriesByType('navigation')[0];
         if (nav) marks.document_loaded = Math.round(nav.responseEnd);
         return { first: window.__e2e.samples[0].t, origin: performance.timeOrigin, marks };

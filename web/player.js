@@ -566,22 +566,6 @@ function closeStandby(s) {
 
 // --------------------------------------------------------------------- HLS
 
-// hls.js is 400 KB: loaded only when a page needs HLS, so WebRTC starts without waiting for it.
-let hlsLoading = null;
-function loadHlsJs() {
-  if (window.Hls) return Promise.resolve(window.Hls);
-  if (!hlsLoading) {
-    hlsLoading = new Promise((resolve, reject) => {
-      const script = document.createElement('script');
-      script.src = '/vendor/hls.min.js';
-      script.onload = () => resolve(window.Hls);
-      script.onerror = () => { hlsLoading = null; reject(new Error('hls.js did not load')); };
-      document.head.appendChild(script);
-    });
-  }
-  return hlsLoading;
-}
-
 async function startHls(info, why) {
   const s = newSession('HLS', info);
   if (why) console.info(`[livegate] using HLS: ${why}`);
@@ -596,7 +580,7 @@ async function startHls(info, why) {
   // The playlist hands the token on to its segments, for hls.js and native HLS alike.
   const url = withToken(info.ll_hls || info.hls || `/hls/${encodeURIComponent(info.name)}/ll.m3u8`);
 
-  const Hls = await loadHlsJs().catch((e) => { console.info('[livegate]', e.message); return null; });
+  const Hls = await window.livegateStart.hlsJs().catch((e) => { console.info('[livegate]', e.message); return null; });
   if (!alive(s)) return;
   const hlsJsOk = !!(Hls && Hls.isSupported());
   // Safari: native HLS. Android Chrome also answers "maybe" here but plays HLS
@@ -619,7 +603,9 @@ async function startHls(info, why) {
     return;
   }
   const hls = new Hls({
-    enableWorker: true,            // inline blob worker, no extra request
+    // Parts are fMP4 already (no transmuxing to move off the main thread), and starting the
+    // worker (hls.js evaluated a second time) delayed the first frame by ~100 ms.
+    enableWorker: false,
     lowLatencyMode: true,          // parts, blocking reloads, and PART-HOLD-BACK from the live edge
     maxLiveSyncPlaybackRate: 1.5,  // catch up smoothly instead of seeking
     liveDurationInfinity: true,
@@ -630,6 +616,7 @@ async function startHls(info, why) {
     levelLoadingMaxRetry: 2,
     fragLoadingMaxRetry: 2,
     debug: false,
+    autoStartLoad: false,          // started at a keyframe once the playlist is known, below
   });
   s.hls = hls;
   s.cleanups.push(() => { hls.destroy(); resetVideo(); });
@@ -641,11 +628,27 @@ async function startHls(info, why) {
     else console.debug('[livegate] hls.js', data.details);
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => playVideo(s));
+  // hls.js fetches from the keyframe before its hold-back point, then decodes on to that point
+  // before it shows anything (and only once the whole segment is in). Starting at the keyframe
+  // shows its picture as soon as its part is appended; the jump below then catches up.
+  let starting = true;
+  hls.once(Hls.Events.LEVEL_LOADED, (_evt, { details }) => {
+    const start = keyframeBeforeHoldBack(details);
+    starting = start !== null;
+    hls.startLoad(starting ? start : -1);
+  });
+  // What hls.js appends first begins with a keyframe.
+  hls.on(Hls.Events.BUFFER_APPENDED, () => {
+    const b = video.buffered;
+    if (!starting || !b.length) return;
+    starting = false;
+    if (video.currentTime < b.start(0)) video.currentTime = b.start(0);
+  });
   // hls.js speeds up towards its target latency only with over a second buffered ahead, which
   // Low-Latency HLS never has: when it is well behind (after the start, after a stall), jump.
   hls.on(Hls.Events.FRAG_BUFFERED, () => {
     const sync = hls.liveSyncPosition;
-    if (!alive(s) || video.paused || sync === null || hls.latency - hls.targetLatency < LIVE_JUMP_S) return;
+    if (!alive(s) || !s.gotFrame || video.paused || sync === null || hls.latency - hls.targetLatency < LIVE_JUMP_S) return;
     const b = video.buffered;
     if (b.length && sync < b.end(b.length - 1)) video.currentTime = sync;
   });
@@ -655,6 +658,17 @@ async function startHls(info, why) {
   });
   hls.attachMedia(video);
   hls.loadSource(url);
+}
+
+/** The start of the newest independent part at least PART-HOLD-BACK behind the live edge of a
+ * Low-Latency playlist (hls.js level details), or null. */
+function keyframeBeforeHoldBack(details) {
+  const holdBack = details.partHoldBack || 3 * details.partTarget;
+  let start = null;
+  for (const part of details.partList || []) {
+    if (part.independent && part.start <= details.edge - holdBack) start = part.start;
+  }
+  return start;
 }
 
 // ------------------------------------------------------- playback + watchdog
@@ -869,6 +883,4 @@ window.addEventListener('pageshow', (e) => {
   if (e.persisted) { stopped = false; retryCount = 0; run(); } // back/forward cache restore
 });
 
-// A page asked for HLS fetches hls.js while it learns about the stream, not after.
-if (requestedMode === 'hls') loadHlsJs().catch(() => {});
 run();
