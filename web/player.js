@@ -645,12 +645,18 @@ async function startHls(info, why) {
     if (video.currentTime < b.start(0)) video.currentTime = b.start(0);
   });
   // hls.js speeds up towards its target latency only with over a second buffered ahead, which
-  // Low-Latency HLS never has: when it is well behind (after the start, after a stall), jump.
+  // Low-Latency HLS never has: when it is well behind (after a stall), jump; after a start at
+  // the keyframe, jump to the hold-back point however little behind it is.
+  let caughtUp = false;
   hls.on(Hls.Events.FRAG_BUFFERED, () => {
     const sync = hls.liveSyncPosition;
-    if (!alive(s) || !s.gotFrame || video.paused || sync === null || hls.latency - hls.targetLatency < LIVE_JUMP_S) return;
+    if (!alive(s) || !s.gotFrame || video.paused || sync === null) return;
+    if (caughtUp && hls.latency - hls.targetLatency < LIVE_JUMP_S) return;
     const b = video.buffered;
-    if (b.length && sync < b.end(b.length - 1)) video.currentTime = sync;
+    if (b.length && sync < b.end(b.length - 1)) {
+      if (sync > video.currentTime) video.currentTime = sync;
+      caughtUp = true;
+    }
   });
   // Sound is a track of its own in MPEG-TS, and shares one with the picture in fMP4 parts.
   hls.on(Hls.Events.BUFFER_CODECS, (_evt, data) => {
