@@ -88,7 +88,10 @@ async fn bad_http_input_gets_clear_answers() {
     let config: Value = http.get(gateway.url("/api/config")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
         config,
-        json!({"iceServers": [{"urls": ["turn:turn.example.org:3478"], "username": "user", "credential": "pass"}]})
+        json!({
+            "iceServers": [{"urls": ["turn:turn.example.org:3478"], "username": "user", "credential": "pass"}],
+            "stream": "live",
+        })
     );
     let whep = |stream: &str, content_type: &str, body: String| {
         http.post(gateway.url(&format!("/whep/{stream}"))).header("content-type", content_type).body(body).send()

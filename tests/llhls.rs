@@ -133,7 +133,7 @@ async fn segments_decode_with_strips_and_sound_and_ffprobe_reads_the_playlist() 
     let text = playlist_with_segments(&gateway, 2).await;
     let http = client();
     let map = text.split("#EXT-X-MAP:URI=\"").nth(1).unwrap().split('"').next().unwrap();
-    let segment = text.lines().filter(|l| l.ends_with(".m4s")).next_back().unwrap();
+    let segment = text.lines().rfind(|l| l.ends_with(".m4s")).unwrap();
     let mut file =
         http.get(gateway.url(&format!("/hls/live/{map}"))).send().await.unwrap().bytes().await.unwrap().to_vec();
     file.extend_from_slice(

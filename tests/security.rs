@@ -217,6 +217,8 @@ async fn jwts_from_a_secret_file_and_a_jwks_endpoint() {
     let jwks_url = jwks_server(keys.clone()).await;
     let gateway = Gateway::start(&args(&[
         "--stream",
+        "yard=test",
+        "--stream",
         "lobby-1=test",
         "--jwt-secret-file",
         secret_file.to_str().unwrap(),
@@ -238,6 +240,12 @@ async fn jwts_from_a_secret_file_and_a_jwks_endpoint() {
         http.get(gateway.url("/api/streams")).bearer_auth(&lobby_viewer).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["name"], "lobby-1");
+    // The page names the stream a viewer plays when its URL names none: the first they may watch.
+    let config: Value =
+        http.get(gateway.url("/api/config")).bearer_auth(&lobby_viewer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(config["stream"], "lobby-1");
+    let page = http.get(gateway.url("/")).bearer_auth(&lobby_viewer).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(r#""stream":"lobby-1""#), "{page}");
     assert!(![401, 403].contains(&status("/hls/lobby-1/index.m3u8", lobby_viewer.clone()).await));
     let outside = http
         .post(gateway.url("/whep/yard"))
@@ -255,6 +263,9 @@ async fn jwts_from_a_secret_file_and_a_jwks_endpoint() {
     let full: Vec<Value> =
         http.get(gateway.url("/api/streams")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
     assert_eq!(full[0]["source"], "test", "an admin sees sources");
+    let config: Value =
+        http.get(gateway.url("/api/config")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(config["stream"], "yard");
 
     let refused = [
         ("expired", hs256(json!({"exp": now() - 120, "aud": "livegate"}))),

@@ -111,20 +111,32 @@ pub async fn streams(
     Ok(Json(visible).into_response())
 }
 
+/// What the player needs to know to connect: the ICE servers (TURN credentials included: they
+/// are meant for browsers), and the stream a page that names none plays.
 #[derive(Serialize)]
 pub struct ClientConfig<'a> {
     #[serde(rename = "iceServers")]
     pub ice_servers: &'a [IceServer],
+    /// The first of the viewer's `/api/streams`: the page's first offer need not wait for the list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<&'a str>,
 }
 
-/// What the player needs to know to connect: the ICE servers (TURN credentials included: they
-/// are meant for browsers).
+impl<'a> ClientConfig<'a> {
+    pub fn for_viewer(state: &'a AppState, access: &Access) -> Result<Self, Denied> {
+        let grant = access.grant()?;
+        let admin = access.admin().is_ok();
+        let stream =
+            state.media.streams.iter().map(|s| s.name.as_str()).find(|name| admin || grant.streams.allows(name));
+        Ok(Self { ice_servers: &state.config.webrtc.ice_servers, stream })
+    }
+}
+
 pub async fn client_config(
     State(state): State<Arc<AppState>>,
     Extension(access): Extension<Access>,
 ) -> Result<Response, Denied> {
-    access.grant()?;
-    Ok(Json(ClientConfig { ice_servers: &state.config.webrtc.ice_servers }).into_response())
+    Ok(Json(ClientConfig::for_viewer(&state, &access)?).into_response())
 }
 
 pub async fn healthz() -> &'static str {

@@ -99,9 +99,11 @@ pub async fn serve(
     let Some((mut body, mut hash)) = file else {
         return text(StatusCode::NOT_FOUND, format!("no such page: /{path}"));
     };
-    if path == PAGE && denied.is_none() {
-        body = with_client_config(body, &ClientConfig { ice_servers: &state.config.webrtc.ice_servers });
-        hash = Sha256::digest(&body).into();
+    if path == PAGE {
+        if let Ok(config) = ClientConfig::for_viewer(&state, &access) {
+            body = with_client_config(body, &config);
+            hash = Sha256::digest(&body).into();
+        }
     }
     let etag = format!("\"{}\"", hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
     let mime = mime_guess::from_path(&relative).first_or_octet_stream();
@@ -159,15 +161,19 @@ mod tests {
             credential: Some("pa</script>ss".into()),
         };
         let page = [&b"<head>"[..], CLIENT_CONFIG_SLOT, b"<script>x()</script></head>"].concat();
-        let filled = String::from_utf8(with_client_config(page, &ClientConfig { ice_servers: &[turn] })).unwrap();
+        let filled = String::from_utf8(with_client_config(
+            page,
+            &ClientConfig { ice_servers: &[turn], stream: Some("cam</script>") },
+        ))
+        .unwrap();
         assert_eq!(
             filled,
             "<head><script type=\"application/json\" id=\"livegate-client\">{\"iceServers\":[{\"urls\":\
-             [\"turn:turn.example.org:3478\"],\"username\":\"user\",\"credential\":\"pa\\u003c/script>ss\"}]}\
-             </script><script>x()</script></head>"
+             [\"turn:turn.example.org:3478\"],\"username\":\"user\",\"credential\":\"pa\\u003c/script>ss\"}],\
+             \"stream\":\"cam\\u003c/script>\"}</script><script>x()</script></head>"
         );
         assert_eq!(
-            with_client_config(b"<p>no slot</p>".to_vec(), &ClientConfig { ice_servers: &[] }),
+            with_client_config(b"<p>no slot</p>".to_vec(), &ClientConfig { ice_servers: &[], stream: None }),
             b"<p>no slot</p>"
         );
     }

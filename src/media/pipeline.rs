@@ -383,7 +383,9 @@ fn trace_hops(encoder: Option<&gst::Element>, pay: &gst::Element, video: &VideoS
     use crate::hops::{self, Hop};
     use gst_video::VideoFrameExt;
     let rtp_offset = wall_clock_rtp_time(base_time, VIDEO_CLOCK_RATE);
-    let on_frames = move |pad: gst::Pad, on_frame: Box<dyn Fn(u32, &gst::BufferRef) + Send + Sync>| {
+    /// Called with a frame's RTP time and its buffer.
+    type OnFrame = Box<dyn Fn(u32, &gst::BufferRef) + Send + Sync>;
+    let on_frames = move |pad: gst::Pad, on_frame: OnFrame| {
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, probe| {
             let segment = pad.sticky_event::<gst::event::Segment>(0);
             let running = segment.as_ref().and_then(|event| event.segment().downcast_ref::<gst::ClockTime>());
