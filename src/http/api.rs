@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 
 use super::AppState;
-use crate::auth::{Access, Denied};
+use crate::auth::{Access, Denied, Grant, Role};
 use crate::config::IceServer;
 use crate::media::{AudioOutput, StreamState, VideoOutput};
 use crate::relay::publish::PublicationView;
@@ -107,8 +107,13 @@ pub async fn streams(
     }
     let grant = access.grant()?;
     let visible: Vec<StreamView> =
-        all.into_iter().map(|info| info.view).filter(|view| grant.streams.allows(&view.name)).collect();
+        all.into_iter().map(|info| info.view).filter(|view| lists(grant, &view.name)).collect();
     Ok(Json(visible).into_response())
+}
+
+/// Whether `/api/streams` lists `stream` for the holder of `grant`.
+fn lists(grant: &Grant, stream: &str) -> bool {
+    grant.role == Role::Admin || grant.streams.allows(stream)
 }
 
 /// What the player needs to know to connect: the ICE servers (TURN credentials included: they
@@ -125,9 +130,7 @@ pub struct ClientConfig<'a> {
 impl<'a> ClientConfig<'a> {
     pub fn for_viewer(state: &'a AppState, access: &Access) -> Result<Self, Denied> {
         let grant = access.grant()?;
-        let admin = access.admin().is_ok();
-        let stream =
-            state.media.streams.iter().map(|s| s.name.as_str()).find(|name| admin || grant.streams.allows(name));
+        let stream = state.media.streams.iter().map(|s| s.name.as_str()).find(|name| lists(grant, name));
         Ok(Self { ice_servers: &state.config.webrtc.ice_servers, stream })
     }
 }
